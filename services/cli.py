@@ -1,0 +1,47 @@
+"""The ``linewatch`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from services.vision.artifact import ArtifactError
+from services.vision.backbone import BackboneError
+from services.vision.dataset import DatasetError
+from services.vision.images import ImageError
+
+USER_ERRORS = (ArtifactError, BackboneError, DatasetError, ImageError, FileNotFoundError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from services.vision.commands import add_commands
+
+    parser = argparse.ArgumentParser(
+        prog="linewatch", description="Visual quality inspection for production lines."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        code: int = args.handler(args)
+    except USER_ERRORS as err:
+        print(f"linewatch {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""Errors the storage adapters raise, beyond the standard ones (FileNotFoundError, ValueError)."""
+
+
+class BlobStoreFull(OSError):
+    """The disk under the blob store is full (ENOSPC); nothing partial was left behind."""
+
+
+class BlobCorrupted(Exception):
+    """A stored blob's bytes no longer match the SHA-256 it is addressed by."""
+
+
+class RecordStoreVersionError(RuntimeError):
+    """The record store was created by a newer linewatch than this one."""

@@ -1,0 +1,112 @@
+"""BlobStore adapter on the local file system: ``root/ab/cd/<sha256>.<encoding>``, written atomically."""
+
+import errno
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import cast, get_args
+
+from schemas.blob import BlobEncoding, BlobRef
+from services.storage.errors import BlobCorrupted, BlobStoreFull
+from services.storage.urls import file_url_to_path
+
+_ENCODINGS: tuple[str, ...] = get_args(BlobEncoding)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_BLOB_NAME = re.compile(r"[0-9a-f]{64}\.[a-z]+")
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and fsync it."""
+    with open(path, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileBlobStore:
+    """Content-addressed blobs under ``root``, addressed by ``file:///`` URIs.
+
+    ``put`` is idempotent: the same bytes with the same encoding land at the same path, once.
+    ``get`` checks the bytes against the SHA-256 in the file name. Any URI that resolves outside
+    ``root`` is refused with ValueError. Blobs are shared by content, so deleting one removes it
+    for every record that points at the same bytes.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def put(self, data: bytes, encoding: str, width: int, height: int) -> BlobRef:
+        if encoding not in _ENCODINGS:
+            raise ValueError(f"unsupported blob encoding {encoding!r}; expected one of {_ENCODINGS}")
+        sha256 = hashlib.sha256(data).hexdigest()
+        path = self.root / sha256[:2] / sha256[2:4] / f"{sha256}.{encoding}"
+        ref = BlobRef(
+            uri=path.as_uri(),
+            sha256=sha256,
+            size_bytes=len(data),
+            width=width,
+            height=height,
+            encoding=cast(BlobEncoding, encoding),
+        )
+        if not path.exists():
+            self._write_atomically(path, data)
+        return ref
+
+    def get(self, uri: str) -> bytes:
+        path = self._path_of(uri)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, f"blob not found: {uri}") from None
+        actual = hashlib.sha256(data).hexdigest()
+        expected = path.name.partition(".")[0]  # the name is checked to be <sha256>.<encoding>
+        if actual != expected:
+            raise BlobCorrupted(f"blob {uri} is corrupted: its bytes hash to {actual}, not {expected}")
+        return data
+
+    def delete(self, uri: str) -> None:
+        """Remove the blob; deleting a blob that is already gone is not an error."""
+        self._path_of(uri).unlink(missing_ok=True)
+
+    def exists(self, uri: str) -> bool:
+        return self._path_of(uri).is_file()
+
+    def _path_of(self, uri: str) -> Path:
+        path = file_url_to_path(uri).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError(f"blob URI {uri!r} points outside the blob store root {self.root}")
+        if not _BLOB_NAME.fullmatch(path.name):
+            raise ValueError(f"blob URI {uri!r} does not name a blob (<sha256>.<encoding>)")
+        return path
+
+    def _write_atomically(self, path: Path, data: bytes) -> None:
+        tmp: Path | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+            os.close(fd)
+            tmp = Path(tmp_name)
+            _write_durably(tmp, data)
+            os.replace(tmp, path)
+            tmp = None
+            _fsync_dir(path.parent)
+        except OSError as error:
+            if error.errno in _DISK_FULL:
+                raise BlobStoreFull(
+                    error.errno, f"blob store {self.root} is full: could not write {len(data)} bytes"
+                ) from error
+            raise
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)

@@ -1,0 +1,37 @@
+"""Open a store by URL, the way every linewatch setting names one: ``sqlite:///runs/records.db``
+(relative; ``sqlite:////abs/path.db`` is absolute) or ``file:///var/linewatch/blobs``."""
+
+from services.storage.file_blob_store import FileBlobStore
+from services.storage.ports import BlobStore, RecordStore
+from services.storage.sqlite_record_store import SqliteRecordStore
+from services.storage.urls import file_url_to_path, sqlite_url_to_path
+
+RECORD_STORE_SCHEMES = ("sqlite",)
+BLOB_STORE_SCHEMES = ("file",)
+
+
+def _scheme(url: str) -> str:
+    scheme, colon, _ = url.partition(":")
+    return scheme.lower() if colon else ""
+
+
+def open_record_store(url: str) -> RecordStore:
+    """The record store named by ``url``; supported schemes: sqlite."""
+    scheme = _scheme(url)
+    if scheme == "sqlite":
+        return SqliteRecordStore(sqlite_url_to_path(url))
+    raise ValueError(
+        f"unsupported record store URL {url!r}: scheme {scheme!r} is not one of "
+        f"{', '.join(s + '://' for s in RECORD_STORE_SCHEMES)} (e.g. sqlite:///runs/records.db)"
+    )
+
+
+def open_blob_store(url: str) -> BlobStore:
+    """The blob store named by ``url``; supported schemes: file."""
+    scheme = _scheme(url)
+    if scheme == "file":
+        return FileBlobStore(file_url_to_path(url))
+    raise ValueError(
+        f"unsupported blob store URL {url!r}: scheme {scheme!r} is not one of "
+        f"{', '.join(s + '://' for s in BLOB_STORE_SCHEMES)} (e.g. file:///var/linewatch/blobs)"
+    )

@@ -1,0 +1,202 @@
+"""Model artifacts: a directory with ``weights.safetensors`` and ``card.json``.
+
+The weights file holds every tensor the detector needs, the backbone's own weights included, so
+an artifact loads the same way on the line PC, in Triton's Python backend and in a test, with no
+download and no path to the original backbone file. The card says what the model is, how it was
+trained and calibrated, and what it needs; loading checks it against the weights and fails with a
+clear message when anything does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from services.vision.backbone import untrained_feature_extractor
+from services.vision.calibration import Calibration
+from services.vision.defects import DefectRules
+from services.vision.patchcore import PatchCoreModel, PatchCoreParams
+from services.vision.spade import SpadeModel, SpadeParams
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "weights.safetensors"
+CARD_FILE = "card.json"
+DetectorKind = Literal["patchcore", "spade"]
+
+
+class ArtifactError(ValueError):
+    """A model directory that cannot be loaded; the message says why."""
+
+
+class TrainingInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data_root: str
+    category: str
+    n_images: int  # usable training images found
+    n_fit: int  # used to fit
+    n_holdout: int  # held out for calibration
+    skipped: list[dict[str, str]]
+    fingerprint: str  # sha256 over the training files' names and contents
+    fit_seconds: float
+    created_at: str
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    name: str
+    version: str
+    kind: DetectorKind
+    backbone: str
+    layers: list[str]
+    activation: str | None
+    image_size: int
+    roi: tuple[int, int, int, int] | None = None
+    params: dict[str, Any]
+    image_calibration: Calibration
+    pixel_calibration: Calibration
+    defect_rules: DefectRules = DefectRules()
+    training: TrainingInfo
+    versions: dict[str, str]
+    tensors: dict[str, list[int]]
+    weights_sha256: str
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    if not isinstance(model, PatchCoreModel | SpadeModel):
+        raise TypeError(f"cannot save a {type(model).__name__}")
+    tensors = {f"backbone.{k}": v for k, v in model.extractor.body.state_dict().items()}
+    if isinstance(model, PatchCoreModel):
+        tensors["memory_bank"] = model.memory_bank
+        if model.projection.numel():
+            tensors["projection"] = model.projection
+    else:
+        tensors["descriptors"] = model.descriptors
+        for i in range(model.n_layers):
+            tensors[f"gallery_{i}"] = model.gallery_layer(i)
+    return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+
+
+def save_artifact(model: nn.Module, card_fields: dict[str, Any], out_dir: Path) -> ModelCard:
+    """Write weights then card (atomically) into ``out_dir``; returns the card written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = model_tensors(model)
+    weights_tmp = out_dir / f".{WEIGHTS_FILE}.tmp"
+    save_file(
+        tensors, str(weights_tmp), metadata={"format": "linewatch", "format_version": str(FORMAT_VERSION)}
+    )
+    os.replace(weights_tmp, out_dir / WEIGHTS_FILE)
+    card = ModelCard(
+        **card_fields,
+        versions=library_versions(),
+        tensors={k: list(v.shape) for k, v in tensors.items()},
+        weights_sha256=file_sha256(out_dir / WEIGHTS_FILE),
+    )
+    card_tmp = out_dir / f".{CARD_FILE}.tmp"
+    card_tmp.write_text(card.model_dump_json(indent=2) + "\n")
+    os.replace(card_tmp, out_dir / CARD_FILE)
+    return card
+
+
+def read_card(model_dir: Path) -> ModelCard:
+    model_dir = Path(model_dir)
+    card_path = model_dir / CARD_FILE
+    if not model_dir.is_dir():
+        raise ArtifactError(f"model directory {model_dir} does not exist")
+    if not card_path.is_file():
+        raise ArtifactError(f"{model_dir} is not a linewatch model: no {CARD_FILE}")
+    try:
+        raw = json.loads(card_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"{card_path} is damaged: {err}") from err
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{card_path} has format version {version}; this linewatch reads up to {FORMAT_VERSION}: upgrade"
+        )
+    try:
+        return ModelCard.model_validate(raw)
+    except ValidationError as err:
+        raise ArtifactError(f"{card_path} is not a valid model card: {err}") from err
+
+
+def load_artifact(model_dir: Path) -> tuple[nn.Module, ModelCard]:
+    """Rebuild the detector from a model directory, checking weights against the card."""
+    card = read_card(model_dir)
+    weights_path = Path(model_dir) / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise ArtifactError(f"{model_dir} has no {WEIGHTS_FILE}")
+    if file_sha256(weights_path) != card.weights_sha256:
+        raise ArtifactError(
+            f"{weights_path} is damaged or was replaced: its sha256 does not match {CARD_FILE}"
+        )
+    try:
+        tensors = load_file(str(weights_path))
+    except Exception as err:
+        raise ArtifactError(f"cannot read {weights_path}: {err}") from err
+    shapes = {k: list(v.shape) for k, v in tensors.items()}
+    if shapes != card.tensors:
+        raise ArtifactError(f"{weights_path} does not hold the tensors its card lists")
+    extractor = untrained_feature_extractor(card.backbone, card.layers, card.activation)
+    backbone_state = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
+    try:
+        extractor.body.load_state_dict(backbone_state, strict=True)
+    except RuntimeError as err:
+        raise ArtifactError(f"backbone weights in {weights_path} do not fit {card.backbone}: {err}") from err
+    model: nn.Module
+    if card.kind == "patchcore":
+        params = PatchCoreParams(**card.params)
+        model = PatchCoreModel(
+            extractor, tensors["memory_bank"], card.image_size, params, tensors.get("projection")
+        )
+    else:
+        spade_params = dict(card.params)
+        if spade_params.get("layer_weights") is not None:
+            spade_params["layer_weights"] = tuple(spade_params["layer_weights"])
+        gallery = [tensors[f"gallery_{i}"] for i in range(len(card.layers))]
+        model = SpadeModel(
+            extractor, tensors["descriptors"], gallery, card.image_size, SpadeParams(**spade_params)
+        )
+    return model.eval(), card
+
+
+def params_dict(params: PatchCoreParams | SpadeParams) -> dict[str, Any]:
+    return asdict(params)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

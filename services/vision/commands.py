@@ -1,0 +1,162 @@
+"""The engine's commands: ``linewatch train``, ``evaluate`` and ``predict``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from services.vision.backbone import ACTIVATIONS
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="fit a detector on good images and calibrate it")
+    train.add_argument("--data", type=Path, required=True, help="dataset root (MVTec layout)")
+    train.add_argument("--category", required=True)
+    train.add_argument("--out", type=Path, required=True, help="model directory to write")
+    train.add_argument("--detector", choices=["patchcore", "spade"], default="patchcore")
+    train.add_argument("--backbone", default="mobilenet_v2", help="any torchvision classification model")
+    train.add_argument("--weights", type=Path, help="local state_dict of the backbone (air-gapped plants)")
+    train.add_argument("--activation", choices=sorted(ACTIVATIONS), help="replace every activation function")
+    train.add_argument("--layers", nargs="+", help="feature layers (default: per backbone)")
+    train.add_argument("--image-size", type=int, default=256)
+    train.add_argument("--coreset", type=float, default=0.02, help="share of patches kept (PatchCore)")
+    train.add_argument(
+        "--holdout", type=float, default=0.15, help="share of good images held out to calibrate"
+    )
+    train.add_argument(
+        "--target-fpr", type=float, default=0.01, help="false-alarm rate the threshold aims at"
+    )
+    train.add_argument("--roi", type=int, nargs=4, metavar=("X", "Y", "W", "H"), help="inspect only this box")
+    train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(handler=run_train)
+
+    evaluate = sub.add_parser("evaluate", help="score a trained model on a labelled test set")
+    evaluate.add_argument("--model", type=Path, required=True)
+    evaluate.add_argument("--data", type=Path, required=True)
+    evaluate.add_argument("--category", required=True)
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--threads", type=int)
+    evaluate.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    evaluate.set_defaults(handler=run_evaluate)
+
+    predict = sub.add_parser("predict", help="inspect image files: JSON results and heat-map overlays")
+    predict.add_argument("--model", type=Path, required=True)
+    predict.add_argument("images", type=Path, nargs="+")
+    predict.add_argument(
+        "--out", type=Path, default=Path("predictions"), help="folder for results (default ./predictions)"
+    )
+    predict.add_argument("--batch-size", type=int, default=8)
+    predict.add_argument("--threads", type=int)
+    predict.set_defaults(handler=run_predict)
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from services.vision.train import TrainConfig, train
+
+    _set_threads(args.threads)
+    card = train(
+        TrainConfig(
+            data_root=args.data,
+            category=args.category,
+            out_dir=args.out,
+            detector=args.detector,
+            backbone=args.backbone,
+            weights=args.weights,
+            activation=args.activation,
+            layers=args.layers,
+            image_size=args.image_size,
+            coreset_ratio=args.coreset,
+            holdout=args.holdout,
+            target_fpr=args.target_fpr,
+            roi=tuple(args.roi) if args.roi else None,
+            seed=args.seed,
+            progress=True,
+        )
+    )
+    info = card.training
+    print(f"model {card.name} {card.version} written to {args.out}")
+    print(
+        f"  fitted on {info.n_fit} good images, calibrated on {info.n_holdout} held out,"
+        f" {info.fit_seconds:.1f} s"
+    )
+    cal = card.image_calibration
+    print(f"  image threshold {cal.threshold:.4f} ({cal.method}, target FPR {cal.target_fpr:.1%})")
+    for skipped in info.skipped:
+        print(f"  skipped {skipped['path']}: {skipped['reason']}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from services.vision.evaluate import METRIC_KEYS, evaluate
+    from services.vision.inspector import Inspector
+
+    _set_threads(args.threads)
+    inspector = Inspector.load(args.model)
+    report = evaluate(inspector, args.data, args.category, args.batch_size, progress=not args.json)
+    result = report.as_json()
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(
+        f"{inspector.card.name} {inspector.card.version} on {args.data}/{args.category}:"
+        f" {report.n_images} images"
+    )
+    for key in (*METRIC_KEYS, "image_ap"):
+        value = result.get(key)
+        print(f"  {key:<12} {'n/a' if value is None else f'{value:.4f}'}")
+    print(f"  {'images/s':<12} {report.images_per_s:.1f} (inference, batch {report.batch_size})")
+    for skipped in report.skipped:
+        print(f"  skipped {skipped.path}: {skipped.reason}")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from services.vision.images import ImageError, load_image
+    from services.vision.inspector import Inspector
+    from services.vision.overlay import encode_png, render_overlay
+
+    _set_threads(args.threads)
+    inspector = Inspector.load(args.model)
+    args.out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for start in range(0, len(args.images), args.batch_size):
+        paths, images = [], []
+        for path in args.images[start : start + args.batch_size]:
+            try:
+                images.append(load_image(path))
+                paths.append(path)
+            except ImageError as err:
+                failures += 1
+                print(json.dumps({"image": str(path), "error": err.reason}))
+        if not images:
+            continue
+        for path, image, prediction in zip(paths, images, inspector.predict(images), strict=True):
+            overlay_path = args.out / f"{path.stem}_overlay.png"
+            overlay_path.write_bytes(
+                encode_png(
+                    render_overlay(image, prediction.anomaly_map, prediction.defects, inspector.card.roi)
+                )
+            )
+            result = {
+                "image": str(path),
+                "model": inspector.card.name,
+                "model_version": inspector.card.version,
+                "score_raw": round(prediction.score_raw, 6),
+                "score": round(prediction.score, 6),
+                "verdict": prediction.verdict,
+                "defects": [asdict(d) for d in prediction.defects],
+                "overlay": str(overlay_path),
+            }
+            (args.out / f"{path.stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+            print(json.dumps(result))
+    return 1 if failures else 0

@@ -1,0 +1,115 @@
+"""Evaluating a trained detector on a labelled test set (MVTec layout)."""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from services.vision.dataset import SkippedFile, TestSample, list_test_samples, resize_mask
+from services.vision.images import ImageError, load_image, load_mask
+from services.vision.inspector import Inspector
+from services.vision.metrics import evaluate_detection
+
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "pro", "pixel_ap", "image_f1", "iap", "iap90", "fpr", "fnr")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@dataclass
+class EvaluationReport:
+    metrics: dict[str, float]
+    n_images: int
+    images_per_s: float  # inference only (model forward), at the evaluation batch size
+    batch_size: int
+    peak_rss_mb_inference: float
+    skipped: list[SkippedFile] = field(default_factory=list)
+    per_type: dict[str, int] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: _finite(self.metrics.get(k, math.nan)) for k in METRIC_KEYS}
+        out.update({k: _finite(v) for k, v in self.metrics.items() if k not in out})
+        out["images_per_s"] = round(self.images_per_s, 2)
+        out["batch_size"] = self.batch_size
+        out["n_images"] = self.n_images
+        out["per_type"] = self.per_type
+        out["peak_rss_mb_inference"] = round(self.peak_rss_mb_inference, 1)
+        out["skipped"] = [{"path": s.path, "reason": s.reason} for s in self.skipped]
+        return out
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), 4)
+
+
+def _load(sample: TestSample, image_size: int, roi: tuple[int, int, int, int] | None) -> tuple[Any, Any]:
+    image = load_image(sample.path)
+    if sample.mask_path is None:
+        mask = np.zeros((image_size, image_size), dtype=bool)
+    else:
+        mask = resize_mask(load_mask(sample.mask_path, image.shape[:2]), image_size, roi)
+    return image, mask
+
+
+def evaluate(
+    inspector: Inspector, data_root: Path, category: str, batch_size: int = 8, progress: bool = True
+) -> EvaluationReport:
+    samples, skipped = list_test_samples(data_root, category)
+    size, roi = inspector.card.image_size, inspector.card.roi
+    scores, labels, maps, masks = [], [], [], []
+    per_type: dict[str, int] = {}
+    inference_s = 0.0
+    bar = tqdm(total=len(samples), desc="evaluate", unit="img", disable=not progress)
+    for start in range(0, len(samples), batch_size):
+        images, kept = [], []
+        for sample in samples[start : start + batch_size]:
+            try:
+                image, mask = _load(sample, size, roi)
+            except ImageError as err:
+                skipped.append(SkippedFile(str(sample.path), err.reason))
+                continue
+            images.append(image)
+            masks.append(mask)
+            kept.append(sample)
+        bar.update(len(samples[start : start + batch_size]))
+        if not images:
+            continue
+        batch = inspector.preprocess(images)
+        began = time.perf_counter()
+        raw = inspector.score_batch(batch)
+        inference_s += time.perf_counter() - began
+        scores.append(raw.scores)
+        maps.append(raw.maps)
+        for sample in kept:
+            labels.append(int(sample.is_defective))
+            per_type[sample.defect_type] = per_type.get(sample.defect_type, 0) + 1
+    bar.close()
+    rss_inference = peak_rss_mb()
+    if not scores:
+        raise ValueError(f"no usable test image under {data_root}/{category}/test")
+    all_maps = np.concatenate(maps)
+    metrics = evaluate_detection(
+        np.concatenate(scores),
+        np.asarray(labels),
+        all_maps,
+        np.stack(masks),
+        threshold=inspector.card.image_calibration.threshold,
+    )
+    n_images = len(labels)
+    return EvaluationReport(
+        metrics=metrics,
+        n_images=n_images,
+        images_per_s=n_images / inference_s if inference_s > 0 else math.nan,
+        batch_size=batch_size,
+        peak_rss_mb_inference=rss_inference,
+        skipped=skipped,
+        per_type=per_type,
+    )

@@ -1,0 +1,39 @@
+"""Patch features shared by PatchCore and SPADE: locally aware aggregation and multi-layer fusion."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def aggregate_locally(feature_map: torch.Tensor, neighbourhood: int = 3) -> torch.Tensor:
+    """Average each position with its ``neighbourhood`` x ``neighbourhood`` neighbours (PatchCore §3.1)."""
+    if neighbourhood <= 1:
+        return feature_map
+    return F.avg_pool2d(feature_map, neighbourhood, stride=1, padding=neighbourhood // 2)
+
+
+def fuse_layers(feature_maps: list[torch.Tensor], neighbourhood: int = 3) -> torch.Tensor:
+    """Aggregate each layer locally, upsample to the finest layer's grid, concatenate channels.
+
+    Returns a (B, D, h, w) tensor where (h, w) is the first (finest) map's size.
+    """
+    size = feature_maps[0].shape[-2:]
+    fused = []
+    for fmap in feature_maps:
+        fmap = aggregate_locally(fmap, neighbourhood)
+        if fmap.shape[-2:] != size:
+            fmap = F.interpolate(fmap, size=size, mode="bilinear", align_corners=False)
+        fused.append(fmap)
+    return torch.cat(fused, dim=1)
+
+
+def to_patches(fused: torch.Tensor) -> torch.Tensor:
+    """(B, D, h, w) → (B, h*w, D), contiguous."""
+    return fused.flatten(2).transpose(1, 2).contiguous()
+
+
+def random_projection(in_dim: int, out_dim: int, seed: int = 0) -> torch.Tensor:
+    """A Johnson–Lindenstrauss Gaussian projection matrix (in_dim, out_dim), scaled to keep distances."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(in_dim, out_dim, generator=generator) / out_dim**0.5

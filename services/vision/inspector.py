@@ -1,0 +1,97 @@
+"""A loaded model ready to inspect frames: batch scoring, normalisation, verdicts and defects.
+
+Every runtime (the CLI, the embedded line, Triton's Python backend) goes through
+:meth:`Inspector.score_batch` for the numbers and :meth:`Inspector.interpret` for the verdict, so
+a frame gets the same score and defects wherever it is inspected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from services.vision.artifact import ModelCard, load_artifact
+from services.vision.dataset import preprocess
+from services.vision.defects import DefectRegion, find_defects
+
+
+@dataclass
+class Prediction:
+    score_raw: float
+    score: float  # normalised: the calibrated threshold sits at 0.5
+    verdict: str  # "OK" or "NG"
+    anomaly_map: np.ndarray = field(repr=False)  # (S, S) normalised pixel scores, float32
+    defects: list[DefectRegion]
+    embedding: np.ndarray = field(repr=False)  # (D,) float32, for clustering
+
+
+@dataclass
+class RawScores:
+    scores: np.ndarray  # (B,)
+    maps: np.ndarray  # (B, S, S) float32
+    embeddings: np.ndarray  # (B, D) float32
+
+
+class Inspector:
+    def __init__(self, model: nn.Module, card: ModelCard) -> None:
+        self.model = model.eval()
+        self.card = card
+
+    @classmethod
+    def load(cls, model_dir: Path) -> Inspector:
+        model, card = load_artifact(model_dir)
+        return cls(model, card)
+
+    @property
+    def image_size(self) -> int:
+        return self.card.image_size
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        return torch.stack([preprocess(image, self.card.image_size, self.card.roi) for image in images])
+
+    def score_batch(self, batch: torch.Tensor) -> RawScores:
+        """Raw scores, maps and embeddings for a preprocessed (B, 3, S, S) batch."""
+        with torch.inference_mode():
+            scores, maps, embeddings = self.model(batch)
+        return RawScores(
+            scores.numpy(), maps.numpy().astype(np.float32), embeddings.numpy().astype(np.float32)
+        )
+
+    def interpret(self, raw: RawScores, frames_hw: Sequence[tuple[int, int]]) -> list[Prediction]:
+        """Normalise, grade and outline defects; ``frames_hw`` are the original frame sizes."""
+        card = self.card
+        scores = card.image_calibration.normalise(raw.scores)
+        predictions = []
+        for i, frame_hw in enumerate(frames_hw):
+            pixel_map = card.pixel_calibration.normalise(raw.maps[i]).astype(np.float32)
+            if card.roi is not None:
+                x, y, w, h = card.roi
+                defects = find_defects(pixel_map, card.defect_rules, (h, w), (x, y))
+            else:
+                defects = find_defects(pixel_map, card.defect_rules, frame_hw)
+            score = float(scores[i])
+            predictions.append(
+                Prediction(
+                    score_raw=float(raw.scores[i]),
+                    score=score,
+                    verdict="NG" if score >= 0.5 else "OK",
+                    anomaly_map=pixel_map,
+                    defects=defects,
+                    embedding=raw.embeddings[i],
+                )
+            )
+        return predictions
+
+    def predict(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[Prediction]:
+        """Inspect decoded RGB frames, ``batch_size`` at a time."""
+        predictions: list[Prediction] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            raw = self.score_batch(self.preprocess(chunk))
+            predictions.extend(self.interpret(raw, [(im.shape[0], im.shape[1]) for im in chunk]))
+        return predictions

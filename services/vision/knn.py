@@ -1,0 +1,39 @@
+"""Exact nearest-neighbour search in chunks, as matrix products (|q|^2 - 2 q.b + |b|^2)."""
+
+from __future__ import annotations
+
+import torch
+
+# Largest (queries x bank) distance block held at once: 16M floats = 64 MB.
+MAX_BLOCK_ELEMENTS = 16 * 1024 * 1024
+
+
+def squared_norms(bank: torch.Tensor) -> torch.Tensor:
+    return (bank * bank).sum(dim=1)
+
+
+def nearest(
+    queries: torch.Tensor,
+    bank: torch.Tensor,
+    k: int = 1,
+    bank_squared: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euclidean distances (Q, k) and indices (Q, k) of each query's ``k`` nearest rows of ``bank``."""
+    if bank.shape[0] == 0:
+        raise ValueError("the memory bank is empty")
+    k = min(k, bank.shape[0])
+    if bank_squared is None:
+        bank_squared = squared_norms(bank)
+    chunk = max(1, MAX_BLOCK_ELEMENTS // bank.shape[0])
+    distances, indices = [], []
+    for start in range(0, queries.shape[0], chunk):
+        block = queries[start : start + chunk]
+        d2 = torch.addmm(bank_squared.unsqueeze(0), block, bank.T, alpha=-2.0)
+        d2 += squared_norms(block).unsqueeze(1)
+        if k == 1:
+            values, where = d2.min(dim=1, keepdim=True)
+        else:
+            values, where = d2.topk(k, dim=1, largest=False)
+        distances.append(values.clamp_min_(0).sqrt_())
+        indices.append(where)
+    return torch.cat(distances), torch.cat(indices)

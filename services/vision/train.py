@@ -1,0 +1,139 @@
+"""Training a detector on good images: split, fit, calibrate on the held-out part, save the artifact."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from services.vision.artifact import ModelCard, TrainingInfo, now_iso, params_dict, save_artifact
+from services.vision.backbone import build_feature_extractor, default_layers
+from services.vision.calibration import fit_threshold
+from services.vision.dataset import DatasetError, Roi, SkippedFile, iter_batches, list_train_images
+from services.vision.defects import DefectRules
+from services.vision.patchcore import PatchCoreParams, fit_patchcore
+from services.vision.spade import SpadeParams, fit_spade
+
+MIN_TRAIN_IMAGES = 8
+
+
+@dataclass
+class TrainConfig:
+    data_root: Path
+    category: str
+    out_dir: Path
+    detector: str = "patchcore"
+    backbone: str = "mobilenet_v2"
+    weights: Path | None = None
+    activation: str | None = None
+    layers: list[str] | None = None
+    image_size: int = 256
+    coreset_ratio: float = 0.02
+    holdout: float = 0.15
+    target_fpr: float = 0.01
+    confidence: float = 0.9
+    batch_size: int = 8
+    roi: Roi | None = None
+    seed: int = 0
+    progress: bool = True
+    defect_rules: DefectRules = field(default_factory=DefectRules)
+
+
+def training_fingerprint(paths: list[Path]) -> str:
+    """sha256 over each training file's name and content: identifies the data a model learned."""
+    digest = hashlib.sha256()
+    for path in sorted(paths, key=lambda p: p.name):
+        digest.update(path.name.encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def split_holdout(paths: list[Path], share: float, seed: int) -> tuple[list[Path], list[Path]]:
+    if len(paths) < MIN_TRAIN_IMAGES:
+        raise DatasetError(f"only {len(paths)} training images; need at least {MIN_TRAIN_IMAGES}")
+    shuffled = list(paths)
+    random.Random(seed).shuffle(shuffled)
+    n_holdout = min(len(paths) - 3, max(3, round(share * len(paths))))
+    return sorted(shuffled[n_holdout:]), sorted(shuffled[:n_holdout])
+
+
+def _batches(
+    paths: list[Path], config: TrainConfig, skipped: list[SkippedFile], desc: str
+) -> Iterator[torch.Tensor]:
+    for batch in tqdm(
+        iter_batches(paths, config.image_size, config.batch_size, skipped, config.roi),
+        total=-(-len(paths) // config.batch_size),
+        desc=desc,
+        unit="batch",
+        disable=not config.progress,
+    ):
+        yield batch.images
+
+
+def train(config: TrainConfig) -> ModelCard:
+    """Fit, calibrate and save a detector; returns its card. Unusable images are skipped and listed."""
+    started = time.perf_counter()
+    paths = list_train_images(config.data_root, config.category)
+    fit_paths, holdout_paths = split_holdout(paths, config.holdout, config.seed)
+    layers = config.layers or default_layers(config.backbone)
+    extractor = build_feature_extractor(config.backbone, layers, config.weights, config.activation)
+    skipped: list[SkippedFile] = []
+    batches = _batches(fit_paths, config, skipped, "features")
+    model: torch.nn.Module
+    params: PatchCoreParams | SpadeParams
+    if config.detector == "patchcore":
+        params = PatchCoreParams(coreset_ratio=config.coreset_ratio, seed=config.seed)
+        model = fit_patchcore(extractor, batches, len(fit_paths), config.image_size, params, config.progress)
+    elif config.detector == "spade":
+        params = SpadeParams(seed=config.seed)
+        model = fit_spade(extractor, batches, len(fit_paths), config.image_size, params)
+    else:
+        raise ValueError(f"unknown detector {config.detector!r}; choose patchcore or spade")
+    model.eval()
+    image_scores, map_maxima = [], []
+    with torch.inference_mode():
+        for images in _batches(holdout_paths, config, skipped, "calibration"):
+            scores, maps, _ = model(images)
+            image_scores.append(scores.numpy())
+            map_maxima.append(maps.amax(dim=(1, 2)).numpy())
+    if not image_scores:
+        raise DatasetError("no held-out image could be decoded, cannot calibrate")
+    image_calibration = fit_threshold(np.concatenate(image_scores), config.target_fpr, config.confidence)
+    pixel_calibration = fit_threshold(np.concatenate(map_maxima), config.target_fpr, config.confidence)
+    skipped_paths = {s.path for s in skipped}
+    fit_seconds = time.perf_counter() - started
+    fingerprint = training_fingerprint([p for p in paths if str(p) not in skipped_paths])
+    created = now_iso()
+    card_fields = {
+        "name": f"{config.category}-{config.detector}",
+        "version": created.replace("-", "").replace(":", "")[:15] + "-" + fingerprint[:8],
+        "kind": config.detector,
+        "backbone": config.backbone,
+        "layers": layers,
+        "activation": config.activation,
+        "image_size": config.image_size,
+        "roi": config.roi,
+        "params": params_dict(params),
+        "image_calibration": image_calibration,
+        "pixel_calibration": pixel_calibration,
+        "defect_rules": config.defect_rules,
+        "training": TrainingInfo(
+            data_root=str(config.data_root),
+            category=config.category,
+            n_images=len(paths) - len(skipped),
+            n_fit=len([p for p in fit_paths if str(p) not in skipped_paths]),
+            n_holdout=len([p for p in holdout_paths if str(p) not in skipped_paths]),
+            skipped=[{"path": s.path, "reason": s.reason} for s in skipped],
+            fingerprint=fingerprint,
+            fit_seconds=round(fit_seconds, 2),
+            created_at=created,
+        ),
+    }
+    return save_artifact(model, card_fields, config.out_dir)

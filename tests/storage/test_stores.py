@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+
+from services.storage.file_blob_store import FileBlobStore
+from services.storage.sqlite_record_store import SqliteRecordStore
+from services.storage.stores import open_blob_store, open_record_store
+from services.storage.urls import file_url_to_path, sqlite_url_to_path
+
+
+def test_sqlite_url_opens_a_sqlite_record_store(tmp_path: Path) -> None:
+    store = open_record_store(f"sqlite:///{tmp_path}/records.db")
+    try:
+        assert isinstance(store, SqliteRecordStore)
+        assert (tmp_path / "records.db").exists()
+    finally:
+        store.close()
+
+
+def test_file_url_opens_a_file_blob_store(tmp_path: Path) -> None:
+    store = open_blob_store((tmp_path / "blobs").as_uri())
+    assert isinstance(store, FileBlobStore)
+    assert store.root == (tmp_path / "blobs").resolve()
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///runs/records.db", "runs/records.db"),
+        ("sqlite:////var/lib/linewatch/records.db", "/var/lib/linewatch/records.db"),
+        ("sqlite:///:memory:", ":memory:"),
+    ],
+)
+def test_sqlite_urls_follow_the_sqlalchemy_convention(url: str, path: str) -> None:
+    assert sqlite_url_to_path(url) == path
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("file:///var/linewatch/blobs", Path("/var/linewatch/blobs")),
+        ("file://localhost/var/linewatch/blobs", Path("/var/linewatch/blobs")),
+        ("file:///var/line%20watch", Path("/var/line watch")),
+        ("file:runs/blobs", Path("runs/blobs")),
+    ],
+)
+def test_file_urls_follow_rfc_8089(url: str, path: Path) -> None:
+    assert file_url_to_path(url) == path
+
+
+def test_remote_file_hosts_are_refused() -> None:
+    with pytest.raises(ValueError, match="only local files"):
+        file_url_to_path("file://nas01/blobs")
+
+
+def test_unknown_schemes_name_the_supported_ones() -> None:
+    with pytest.raises(ValueError, match=r"'postgres' is not one of sqlite://"):
+        open_record_store("postgres://db/linewatch")
+    with pytest.raises(ValueError, match=r"'s3' is not one of file://"):
+        open_blob_store("s3://bucket/blobs")
+    with pytest.raises(ValueError, match="scheme '' is not one of"):
+        open_record_store("records.db")

@@ -1,0 +1,77 @@
+"""Coreset selection and nearest-neighbour search on tensors."""
+
+from __future__ import annotations
+
+import torch
+
+from services.vision import knn
+from services.vision.coreset import greedy_coreset
+
+
+def naive_greedy(points: torch.Tensor, n_select: int, first: int) -> list[int]:
+    chosen = [first]
+    while len(chosen) < n_select:
+        distances = torch.cdist(points, points[chosen]).min(dim=1).values
+        chosen.append(int(distances.argmax()))
+    return chosen
+
+
+def test_coreset_picks_the_far_outliers() -> None:
+    generator = torch.Generator().manual_seed(1)
+    cluster = torch.randn(500, 8, generator=generator) * 0.1
+    outliers = torch.tensor([[10.0] * 8, [-10.0] * 8, [10.0, -10.0] * 4])
+    points = torch.cat([cluster, outliers])
+    chosen = set(greedy_coreset(points, 4, projection_dim=None, progress=False).tolist())
+    assert {500, 501, 502} <= chosen
+
+
+def test_coreset_matches_naive_farthest_point_selection() -> None:
+    points = torch.randn(300, 16, generator=torch.Generator().manual_seed(2))
+    chosen = greedy_coreset(points, 25, projection_dim=None, seed=3, progress=False).tolist()
+    assert chosen == naive_greedy(points, 25, chosen[0])
+    assert len(set(chosen)) == 25
+
+
+def test_coreset_in_projected_space_still_covers_every_rare_cluster() -> None:
+    """One common pattern and 19 rare ones in 128-d: the coreset must keep a point of each."""
+    generator = torch.Generator().manual_seed(4)
+    centres = torch.randn(20, 128, generator=generator) * 5
+    sizes = [1500] + [10] * 19
+    points = torch.cat(
+        [c + 0.2 * torch.randn(n, 128, generator=generator) for c, n in zip(centres, sizes, strict=False)]
+    )
+    owner = torch.repeat_interleave(torch.arange(20), torch.tensor(sizes))
+    chosen = greedy_coreset(points, 40, projection_dim=32, progress=False)
+    assert set(owner[chosen].tolist()) == set(range(20))
+    random_pick = torch.randperm(len(points), generator=generator)[:40]
+    assert len(set(owner[random_pick].tolist())) < 20  # what plain subsampling would lose
+
+
+def test_coreset_returns_everything_when_asked_for_more() -> None:
+    assert greedy_coreset(torch.randn(5, 3), 10, progress=False).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_nearest_equals_brute_force_in_chunks(monkeypatch: object) -> None:
+    import pytest
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(knn, "MAX_BLOCK_ELEMENTS", 997)  # forces many uneven chunks
+    try:
+        generator = torch.Generator().manual_seed(6)
+        queries, bank = torch.randn(333, 24, generator=generator), torch.randn(211, 24, generator=generator)
+        distances, indices = knn.nearest(queries, bank, k=3)
+        expected = torch.cdist(queries, bank).topk(3, dim=1, largest=False)
+        assert torch.equal(indices, expected.indices)
+        assert torch.allclose(distances, expected.values, atol=1e-4)
+        _d1, i1 = knn.nearest(queries, bank, k=1)
+        assert torch.equal(i1[:, 0], expected.indices[:, 0])
+    finally:
+        mp.undo()
+
+
+def test_nearest_distance_to_itself_is_zero_not_nan() -> None:
+    bank = torch.randn(50, 10) * 10
+    distances, indices = knn.nearest(bank, bank)
+    assert torch.equal(indices[:, 0], torch.arange(50))
+    assert not torch.isnan(distances).any()
+    assert distances.max() < 0.05  # float32 rounding of |q|^2 - 2qb + |b|^2, clamped before sqrt
