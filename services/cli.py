@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
@@ -11,18 +12,18 @@ from services.vision.backbone import BackboneError
 from services.vision.dataset import DatasetError
 from services.vision.images import ImageError
 
+COMMAND_MODULES = ("services.vision.commands", "services.stream.commands", "services.api.commands")
 USER_ERRORS = (ArtifactError, BackboneError, DatasetError, ImageError, FileNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from services.vision.commands import add_commands
-
     parser = argparse.ArgumentParser(
         prog="linewatch", description="Visual quality inspection for production lines."
     )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_commands(sub)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub)
     return parser
 
 

@@ -9,11 +9,12 @@ at reduced size instead, which is cheap).
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
 MIN_SIDE = 16
@@ -44,12 +45,8 @@ def decode_image(
     data: bytes,
     source: str = "<bytes>",
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
-    target_side: int | None = None,
 ) -> np.ndarray:
-    """Decode encoded image bytes into an RGB ``uint8`` array of shape (H, W, 3).
-
-    ``target_side`` lets very large JPEGs decode at reduced size (the model resizes anyway).
-    """
+    """Decode encoded image bytes into an RGB ``uint8`` array of shape (H, W, 3)."""
     if not data:
         raise ImageError(source, "empty file (0 bytes)")
     try:
@@ -59,8 +56,9 @@ def decode_image(
             width, height = image.size
             megapixels = width * height / 1e6
             if megapixels > max_megapixels and isinstance(image, JpegImageFile):
-                side = target_side or 1024
-                image.draft("RGB", (side, side))  # DCT-domain downscale: never holds the full image
+                # DCT-domain downscale by 1/2, 1/4 or 1/8 to within the limit: never holds the full image
+                scale = math.sqrt(max_megapixels / megapixels) / 2
+                image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
                 width, height = image.size
                 megapixels = width * height / 1e6
             if megapixels > max_megapixels:
@@ -73,6 +71,8 @@ def decode_image(
             image = ImageOps.exif_transpose(image) or image
     except ImageError:
         raise
+    except UnidentifiedImageError as err:
+        raise ImageError(source, "cannot decode image: not a recognised image format") from err
     except Exception as err:  # Pillow raises many types for bad data
         raise ImageError(source, f"cannot decode image ({type(err).__name__}: {err})") from err
     if min(image.size) < MIN_SIDE:

@@ -1,0 +1,132 @@
+"""The command line end to end on a small subset of the real MVTec bottle images.
+
+train → evaluate --json → predict, for PatchCore and SPADE, with a corrupt file planted in the
+training and test folders to check that a dataset run reports it instead of dying.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from services.cli import main
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+EVALUATE_KEYS = {
+    "image_auroc",
+    "pixel_auroc",
+    "pro",
+    "pixel_ap",
+    "image_f1",
+    "iap",
+    "iap90",
+    "fpr",
+    "fnr",
+    "images_per_s",
+    "n_images",
+}
+
+
+@pytest.fixture(scope="module")
+def bottle_subset(bottle_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 good training images, 10 good and 10 defective test images (links), plus two bad files."""
+    source = bottle_root / "bottle"
+    root = tmp_path_factory.mktemp("bottle_subset")
+    target = root / "bottle"
+    picks = {
+        "train/good": 40,
+        "test/good": 10,
+        "test/broken_large": 4,
+        "test/broken_small": 3,
+        "test/contamination": 3,
+    }
+    for folder, count in picks.items():
+        (target / folder).mkdir(parents=True)
+        for path in sorted((source / folder).iterdir())[:count]:
+            os.symlink(path, target / folder / path.name)
+            if folder != "test/good":
+                kind = folder.split("/")[1]
+                mask = source / "ground_truth" / kind / f"{path.stem}_mask.png"
+                (target / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
+                os.symlink(mask, target / "ground_truth" / kind / mask.name)
+    (target / "train" / "good" / "zz_truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    Image.new("RGB", (1, 1)).save(target / "test" / "good" / "zz_tiny.png")
+    return root
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("detector", ["patchcore", "spade"])
+def test_train_evaluate_predict_round_trip(
+    detector: str,
+    bottle_subset: Path,
+    mobilenet_weights: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model = tmp_path / "model"
+    code, out = run(
+        capsys,
+        "train",
+        "--data",
+        str(bottle_subset),
+        "--category",
+        "bottle",
+        "--out",
+        str(model),
+        "--detector",
+        detector,
+        "--weights",
+        str(mobilenet_weights),
+        "--activation",
+        "relu",
+        "--coreset",
+        "0.05",
+    )
+    assert code == 0
+    assert "skipped" in out and "zz_truncated.png" in out
+    card = json.loads((model / "card.json").read_text())
+    assert card["training"]["n_images"] == 40 and card["training"]["n_holdout"] == 6
+
+    code, out = run(
+        capsys,
+        "evaluate",
+        "--model",
+        str(model),
+        "--data",
+        str(bottle_subset),
+        "--category",
+        "bottle",
+        "--json",
+    )
+    assert code == 0
+    result = json.loads(out)  # exactly one JSON object on stdout
+    assert result.keys() >= EVALUATE_KEYS
+    assert result["n_images"] == 20
+    assert result["image_auroc"] >= 0.95
+    assert result["pixel_auroc"] >= 0.9
+    assert [s["path"].endswith("zz_tiny.png") for s in result["skipped"]] == [True]
+
+    images = sorted((bottle_subset / "bottle" / "test" / "broken_large").iterdir())[:2]
+    out_dir = tmp_path / "predictions"
+    code, out = run(capsys, "predict", "--model", str(model), *map(str, images), "--out", str(out_dir))
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["verdict"] for line in lines] == ["NG", "NG"]
+    assert all(line["defects"] for line in lines)
+    overlay = Image.open(out_dir / f"{images[0].stem}_overlay.png")
+    assert overlay.size == (512, 512)
+    assert json.loads((out_dir / f"{images[0].stem}.json").read_text())["score"] > 0.5
+
+
+def test_commands_fail_clearly_on_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["evaluate", "--model", str(tmp_path / "absent"), "--data", str(tmp_path), "--category", "x"])
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err
