@@ -1,0 +1,54 @@
+"""The FastAPI application: ``create_app`` wires the stores, the model and the routers together."""
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from prometheus_client import CollectorRegistry
+
+from services.api.auth import require_api_key
+from services.api.context import ApiContext
+from services.api.limits import BodySizeLimitMiddleware
+from services.api.metrics import ApiMetrics, RequestMetricsMiddleware
+from services.api.routes import dashboard, health, inspect, inspections, line
+from services.api.settings import ApiSettings
+from services.storage.ports import BlobStore, RecordStore
+from services.vision.inspector import Inspector
+
+DESCRIPTION = """\
+Inspect frames from AOI machines and read back what the line found.
+
+Send the API key as `X-API-Key: <key>` or `Authorization: Bearer <key>`. `/health`, `/ready`,
+these docs and the dashboard at `/dashboard/` are public; everything else needs the key.
+"""
+
+
+def create_app(
+    settings: ApiSettings,
+    records: RecordStore,
+    blobs: BlobStore,
+    inspector: Inspector | None = None,
+    registry: CollectorRegistry | None = None,
+    line_status: Callable[[], dict[str, Any]] | None = None,
+) -> FastAPI:
+    """The API over ``records`` and ``blobs``; without ``inspector``, POST /v1/inspect answers 503.
+
+    ``registry`` holds the running line's metrics for ``/metrics``; ``line_status()`` adds the line's
+    own state to ``/v1/status``.
+    """
+    if settings.auth_required and not settings.key_hashes:
+        raise ValueError(
+            "the API requires keys but none are configured: set LINEWATCH_API_KEYS (plain, comma "
+            "separated) or LINEWATCH_API_KEY_HASHES, or LINEWATCH_API_AUTH_REQUIRED=false on a closed network"
+        )
+    app = FastAPI(title="linewatch", description=DESCRIPTION)
+    metrics = ApiMetrics()
+    app.state.linewatch = ApiContext(settings, records, blobs, inspector, metrics, registry, line_status)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: counts the 413s too
+    app.include_router(health.router)
+    needs_key = [Depends(require_api_key)]
+    for router in (health.metrics_router, inspect.router, inspections.router, line.router):
+        app.include_router(router, dependencies=needs_key)
+    dashboard.mount_dashboard(app)
+    return app

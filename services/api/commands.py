@@ -1,0 +1,81 @@
+"""``linewatch serve``: the HTTP API and dashboard alone, over an existing record and blob store."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from services.api.settings import ApiSettings, hash_key
+
+log = logging.getLogger(__name__)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="serve the HTTP API and dashboard on an existing store",
+        description="API keys come from LINEWATCH_API_KEYS (plain) or LINEWATCH_API_KEY_HASHES (SHA-256).",
+    )
+    serve.add_argument(
+        "--records", default="sqlite:///linewatch-data/records.db", help="record store URL (%(default)s)"
+    )
+    serve.add_argument("--blobs", default="file:linewatch-data/blobs", help="blob store URL (%(default)s)")
+    serve.add_argument("--model", type=Path, help="model directory: enables POST /v1/inspect")
+    serve.add_argument("--host", help="address to listen on (default LINEWATCH_API_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default LINEWATCH_API_PORT or 8000)")
+    serve.add_argument(
+        "--hash-key",
+        metavar="KEY",
+        help="print the SHA-256 hash of KEY for LINEWATCH_API_KEY_HASHES and exit ('-' reads it from stdin)",
+    )
+    serve.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    if args.hash_key is not None:
+        key = sys.stdin.readline().strip() if args.hash_key == "-" else args.hash_key
+        print(hash_key(key))
+        return 0
+    overrides = {name: getattr(args, name) for name in ("host", "port") if getattr(args, name) is not None}
+    try:
+        settings = ApiSettings(**overrides)
+    except ValidationError as err:
+        print(f"linewatch serve: error: invalid API settings:\n{err}", file=sys.stderr)
+        return 2
+    return serve(settings, args.records, args.blobs, args.model)
+
+
+def serve(settings: ApiSettings, records_url: str, blobs_url: str, model_dir: Path | None) -> int:
+    """Run the API with uvicorn until interrupted."""
+    import uvicorn
+
+    from services.api.app import create_app
+    from services.storage.stores import open_blob_store, open_record_store
+    from services.vision.inspector import Inspector
+
+    inspector = Inspector.load(model_dir) if model_dir else None
+    records = open_record_store(records_url)
+    try:
+        app = create_app(settings, records, open_blob_store(blobs_url), inspector)
+    except ValueError as err:
+        records.close()
+        print(f"linewatch serve: error: {err}", file=sys.stderr)
+        return 2
+    model = f"model {inspector.card.name} {inspector.card.version}" if inspector else "no model"
+    log.info(
+        "serving %s and %s with %s on http://%s:%d",
+        records_url,
+        blobs_url,
+        model,
+        settings.host,
+        settings.port,
+    )
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    finally:
+        records.close()
+    return 0

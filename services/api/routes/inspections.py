@@ -1,0 +1,69 @@
+"""Reading inspections back: list with filters, one record, its heat-map overlay."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
+
+from schemas.inspection import Inspection
+from services.api.context import Context
+from services.api.filters import PARAM_HELP, inspection_filters
+from services.api.models import InspectionPage
+from services.api.thumbnails import shrink_png
+from services.storage.query import InspectionQuery
+
+router = APIRouter(tags=["inspections"])
+
+
+def _get_or_404(context: Context, frame_id: str) -> Inspection:
+    inspection = context.records.get_inspection(frame_id)
+    if inspection is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no inspection with frame_id {frame_id!r}")
+    return inspection
+
+
+@router.get("/v1/inspections", description=f"Newest first. `param`: {PARAM_HELP}")
+def list_inspections(
+    context: Context,
+    filters: Annotated[InspectionQuery, Depends(inspection_filters)],
+    with_embedding: Annotated[bool, Query(description="Include the image embeddings (large)")] = False,
+) -> InspectionPage:
+    """Inspections matching the filters, a page at a time."""
+    items = context.records.query_inspections(filters)
+    if not with_embedding:
+        items = [item.model_copy(update={"embedding": []}) for item in items]
+    total = context.records.count_inspections(filters)
+    return InspectionPage(total=total, limit=filters.limit, offset=filters.offset, items=items)
+
+
+@router.get("/v1/inspections/{frame_id}", responses={404: {"description": "No such inspection"}})
+def get_inspection(context: Context, frame_id: str) -> Inspection:
+    """One inspection, whole."""
+    return _get_or_404(context, frame_id)
+
+
+@router.get(
+    "/v1/inspections/{frame_id}/overlay.png",
+    name="inspection_overlay",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, 404: {"description": "No inspection or no heat map"}},
+)
+def inspection_overlay(
+    context: Context,
+    frame_id: str,
+    max_side: Annotated[
+        int | None, Query(ge=16, le=8192, description="Scale down to this longer side")
+    ] = None,
+) -> Response:
+    """The heat map over the frame, defects boxed, as the inspection rendered it (PNG)."""
+    inspection = _get_or_404(context, frame_id)
+    if inspection.heatmap is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"inspection {frame_id} has no heat map stored")
+    try:
+        data = context.blobs.get(inspection.heatmap.uri)
+    except FileNotFoundError:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"the heat map of inspection {frame_id} is no longer in the blob store"
+        ) from None
+    if max_side is not None:
+        data = shrink_png(data, max_side)
+    return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

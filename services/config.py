@@ -1,0 +1,111 @@
+"""linewatch's settings: a YAML file (see ``linewatch.example.yaml``), overridden by the environment.
+
+Environment variables start with ``LINEWATCH_``; nested settings use ``__``, e.g.
+``LINEWATCH_KEEP_FRAMES=false``, ``LINEWATCH_BATCHING__MAX_BATCH=4``,
+``LINEWATCH_STORES__RECORDS=sqlite:////var/lib/linewatch/records.db``; lists are JSON
+(``LINEWATCH_CAMERAS='["cam-1","cam-2"]'``). The API's settings are the API's own
+(``LINEWATCH_API_PORT``, ``LINEWATCH_API_KEYS``, ...; see ``services/api/settings.py``), taken
+from the ``api:`` section of the file where the environment does not set them.
+Relative paths are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from services.api.settings import ApiSettings
+from services.ingest.ports import FrameContext
+from services.stream.runtime import MIB, LineOptions
+
+
+def _api_settings(value: Any) -> Any:
+    """The ``api`` section as :class:`ApiSettings`, whose own ``LINEWATCH_API_*`` variables win."""
+    if not isinstance(value, dict):
+        return value
+    overridden = {name for name in ApiSettings.model_fields if f"LINEWATCH_API_{name.upper()}" in os.environ}
+    return ApiSettings(**{key: v for key, v in value.items() if key not in overridden})
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoreSettings(Section):
+    records: str = "sqlite:///runs/records.db"
+    blobs: str = "file:runs/blobs"
+
+
+class BatchSettings(Section):
+    max_batch: int = Field(default=4, ge=1, description="Frames per detector batch at most")
+    max_wait_ms: float = Field(default=50.0, ge=0, description="How long a batch waits to fill")
+    queue_size: int = Field(default=4, ge=1, description="Frames waiting before each step at most")
+
+
+class ProcessSettings(Section):
+    max_age_s: float = Field(default=5.0, ge=0, description="Older samples are joined as 'stale'")
+    clock_skew_s: float = Field(default=2.0, ge=0, description="Timestamps further ahead are dead letters")
+
+
+class LinewatchSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LINEWATCH_", env_nested_delimiter="__", extra="forbid")
+
+    line_id: str = "line-1"
+    station_id: str = "station-1"
+    recipe: str | None = Field(default=None, description="Recipe of frames whose source names none")
+    frame_sources: list[str] = Field(default_factory=list, description="Frame source URLs")
+    process_sources: list[str] = Field(default_factory=list, description="Process source URLs")
+    models: dict[str, Path] = Field(default_factory=dict, description="Recipe → model directory")
+    stores: StoreSettings = Field(default_factory=StoreSettings)
+    batching: BatchSettings = Field(default_factory=BatchSettings)
+    process: ProcessSettings = Field(default_factory=ProcessSettings)
+    keep_frames: bool = Field(default=True, description="False: delete raw frames once inspected")
+    cameras: list[str] = Field(default_factory=list, description="Known cameras; empty: any camera")
+    max_frame_mib: float = Field(default=64.0, gt=0, description="Larger frames are dead letters")
+    api: Annotated[ApiSettings, BeforeValidator(_api_settings)] = Field(default_factory=ApiSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # the environment overrides what is given at init, which is what the YAML file says
+        return env_settings, init_settings
+
+    def frame_context(self) -> FrameContext:
+        """The names a frame carries when its source URL does not give them."""
+        recipe = self.recipe or (next(iter(self.models)) if len(self.models) == 1 else "default")
+        return FrameContext(line_id=self.line_id, station_id=self.station_id, recipe=recipe)
+
+    def line_options(self) -> LineOptions:
+        return LineOptions(
+            max_batch=self.batching.max_batch,
+            max_wait_ms=self.batching.max_wait_ms,
+            queue_size=self.batching.queue_size,
+            max_process_age_s=self.process.max_age_s,
+            clock_skew_s=self.process.clock_skew_s,
+            keep_frames=self.keep_frames,
+            cameras=frozenset(self.cameras) if self.cameras else None,
+            max_frame_bytes=int(self.max_frame_mib * MIB),
+        )
+
+
+def load_settings(path: Path | None = None) -> LinewatchSettings:
+    """Settings from the YAML file at ``path`` (if given) with ``LINEWATCH_*`` overrides."""
+    data: Any = {}
+    if path is not None:
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
+    return LinewatchSettings(**data)

@@ -1,0 +1,102 @@
+"""``linewatch demo``: a whole synthetic moulding line on this machine, with no server to set up.
+
+Builds the synthetic dataset, trains a detector on its good parts, runs the line (parts off the
+synthetic line, process samples from its simulator, records in SQLite, images on disk) and, unless
+told not to, serves the dashboard while the line runs. Always ends with the run's summary.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from services.api.settings import ApiSettings
+from services.ingest.simulator_source import SimulatorSource
+from services.ingest.synthetic import DEFAULT_START, SyntheticLine, write_dataset
+from services.ingest.synthetic_source import SyntheticSource
+from services.storage.stores import open_blob_store, open_record_store
+from services.stream.runtime import Line, LineOptions
+from services.stream.serving import ApiServer, run_line
+from services.stream.summary import LineSummary
+from services.vision.inspector import Inspector
+from services.vision.train import TrainConfig, train
+
+CATEGORY = "synthetic"
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    workdir: Path
+    parts: int | None = None  # None: until Ctrl-C
+    serve: bool = True
+    port: int = 8000
+    weights: Path | None = None
+    activation: str | None = None
+    seed: int = 0
+    keep_frames: bool = True
+    train_parts: int = 60
+
+
+def train_detector(options: DemoOptions) -> Path:
+    """Write the synthetic dataset's good parts and train a detector on them; returns the model dir."""
+    data_root, model_dir = options.workdir / "data", options.workdir / "model"
+    print(f"building the synthetic line dataset: {options.train_parts} good parts in {data_root}", flush=True)
+    write_dataset(data_root, n_train=options.train_parts, n_test=0, seed=options.seed)
+    print("training the detector on them", flush=True)
+    card = train(
+        TrainConfig(
+            data_root=data_root,
+            category=CATEGORY,
+            out_dir=model_dir,
+            weights=options.weights,
+            activation=options.activation,
+            seed=options.seed,
+        )
+    )
+    print(f"model {card.name} {card.version} in {model_dir}", flush=True)
+    return model_dir
+
+
+def run_demo(options: DemoOptions) -> LineSummary:
+    workdir = options.workdir.resolve()
+    for stale in ("records.db", "records.db-wal", "records.db-shm", "blobs"):  # every demo starts afresh
+        path = workdir / stale
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    inspector = Inspector.load(train_detector(options))
+    # served: a live line, parts taken now at the line's pace; otherwise a replay as fast as it goes
+    start = datetime.now(UTC) if options.serve else DEFAULT_START
+    frames = SyntheticSource(seed=options.seed, parts=options.parts, realtime=options.serve, start=start)
+    machine = SyntheticLine(seed=options.seed, start=start)  # the same line's process, read separately
+    process = SimulatorSource(machine.process, machine.line_id, machine.machine_id)
+    records = open_record_store(f"sqlite:///{workdir / 'records.db'}")
+    blobs_url = (workdir / "blobs").as_uri()
+    blobs = open_blob_store(blobs_url)
+    try:
+        line = Line(
+            [frames],
+            [process],
+            {frames.line.recipe: inspector},
+            records,
+            blobs,
+            LineOptions(keep_frames=options.keep_frames),
+        )
+        server = None
+        if options.serve:
+            settings = ApiSettings(host="127.0.0.1", port=options.port, auth_required=False)
+            server = ApiServer(settings, line, records, blobs, inspector)
+            print(f"dashboard: {server.url}/dashboard/")
+            print(f"API docs: {server.url}/docs, line metrics: {server.url}/metrics")
+            print("the line is running; Ctrl-C stops it", flush=True)
+        else:
+            parts = f"{options.parts} parts" if options.parts is not None else "parts until Ctrl-C"
+            print(f"running the line: {parts}", flush=True)
+        summary = run_line(line, server)
+    finally:
+        records.close()
+    print(f"records in {workdir / 'records.db'}, frames and heat maps in {workdir / 'blobs'}")
+    print(
+        f"look again later: linewatch serve --records sqlite:///{workdir / 'records.db'} --blobs {blobs_url}"
+    )
+    return summary

@@ -1,0 +1,94 @@
+"""The as-of join: the process parameters in force when a frame was taken.
+
+:class:`ProcessHistory` keeps the most recent samples of each line (at most ``max_samples``). A
+frame gets the latest sample taken at or before its capture time, never a later one and never an
+interpolation: ``ok`` when that sample is at most ``max_age_s`` old at capture, ``stale`` (with the
+sample's values) when it is older, ``missing`` when there is none. Timestamps further in the future
+than ``skew_s`` (a machine or camera with a wrong clock) are refused as dead letters.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from schemas.dead_letter import DeadLetter
+from schemas.frame import Frame
+from schemas.process import ProcessSample, ProcessSnapshot
+from services.stream.rejects import reject
+
+DEFAULT_MAX_AGE_S = 5.0
+DEFAULT_SKEW_S = 2.0
+DEFAULT_MAX_SAMPLES = 10_000
+
+
+def future_timestamp(ts: datetime, now: datetime, skew_s: float) -> bool:
+    """True when ``ts`` is more than ``skew_s`` seconds after ``now``."""
+    return ts - now > timedelta(seconds=skew_s)
+
+
+def check_capture_time(frame: Frame, now: datetime, skew_s: float = DEFAULT_SKEW_S) -> DeadLetter | None:
+    """A dead letter when the frame claims to be taken in the future (beyond the clock skew allowed)."""
+    if not future_timestamp(frame.captured_at, now, skew_s):
+        return None
+    detail = _ahead("captured_at", frame.captured_at, now, skew_s)
+    return reject("ingest", "future_timestamp", detail, frame.image.uri, frame.frame_id)
+
+
+def _ahead(what: str, ts: datetime, now: datetime, skew_s: float) -> str:
+    ahead = (ts - now).total_seconds()
+    return f"{what} {ts.isoformat()} is {ahead:.1f} s ahead of the clock (allowed skew {skew_s} s)"
+
+
+@dataclass
+class _LineSamples:
+    times: list[datetime]
+    samples: list[ProcessSample]
+
+
+class ProcessHistory:
+    def __init__(
+        self,
+        max_age_s: float = DEFAULT_MAX_AGE_S,
+        skew_s: float = DEFAULT_SKEW_S,
+        max_samples: int = DEFAULT_MAX_SAMPLES,
+    ) -> None:
+        if max_age_s < 0 or skew_s < 0 or max_samples < 1:
+            raise ValueError("max_age_s and skew_s must be >= 0 and max_samples >= 1")
+        self.max_age_s, self.skew_s, self.max_samples = max_age_s, skew_s, max_samples
+        self._lines: dict[str, _LineSamples] = {}
+
+    def add(self, sample: ProcessSample, now: datetime | None = None) -> DeadLetter | None:
+        """Keep ``sample``; a sample from the future (beyond the skew) is refused as a dead letter."""
+        now = now or datetime.now(UTC)
+        if future_timestamp(sample.ts, now, self.skew_s):
+            detail = _ahead("sample ts", sample.ts, now, self.skew_s)
+            return reject("process", "future_timestamp", detail, sample.model_dump_json())
+        line = self._lines.setdefault(sample.line_id, _LineSamples([], []))
+        at = bisect.bisect_right(line.times, sample.ts)
+        line.times.insert(at, sample.ts)
+        line.samples.insert(at, sample)
+        if len(line.times) > 2 * self.max_samples:  # trim in bulk: O(1) amortised per sample
+            del line.times[: -self.max_samples], line.samples[: -self.max_samples]
+        return None
+
+    def latest_ts(self, line_id: str) -> datetime | None:
+        line = self._lines.get(line_id)
+        return line.times[-1] if line and line.times else None
+
+    def snapshot(self, line_id: str, captured_at: datetime) -> ProcessSnapshot:
+        """The process in force on ``line_id`` at ``captured_at``."""
+        line = self._lines.get(line_id)
+        at = bisect.bisect_right(line.times, captured_at) if line else 0
+        if line is None or at == 0:
+            return ProcessSnapshot(status="missing")
+        sample = line.samples[at - 1]
+        age_s = (captured_at - sample.ts).total_seconds()
+        return ProcessSnapshot(
+            status="ok" if age_s <= self.max_age_s else "stale",
+            params=dict(sample.params),
+            sample_ts=sample.ts,
+            age_s=age_s,
+            machine_id=sample.machine_id,
+        )

@@ -1,0 +1,23 @@
+"""Dead letters with a reason code: ``reason`` reads ``"<code>: <detail>"``, metrics count by code."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from schemas.dead_letter import DeadLetter
+
+
+def reject(step: str, code: str, detail: str, original_ref: str, frame_id: str | None = None) -> DeadLetter:
+    """A dead letter from ``step`` (ingest, decode, process, inspect, store) for reason ``code``."""
+    return DeadLetter(
+        source=step,
+        reason=f"{code}: {detail}",
+        original_ref=original_ref or "<none>",
+        frame_id=frame_id,
+        failed_at=datetime.now(UTC),
+    )
+
+
+def reason_code(letter: DeadLetter) -> str:
+    """The code a dead letter was rejected for (the text before the first colon of its reason)."""
+    return letter.reason.partition(":")[0].strip() or "unknown"

@@ -1,0 +1,188 @@
+"""The steps of inspecting a frame, as plain functions over schema records.
+
+No step knows where its input came from: the embedded runtime, a Faust worker or an API request
+call the same functions. A step that cannot use its input returns a :class:`DeadLetter` instead of
+raising, so that a worker never dies on bad input.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import get_args
+
+import numpy as np
+import torch
+from PIL import Image
+
+from schemas.blob import BlobEncoding, BlobRef
+from schemas.dead_letter import DeadLetter
+from schemas.defect import BoundingBox, Defect, Point
+from schemas.frame import Frame
+from schemas.inspection import Inspection
+from schemas.process import ProcessSnapshot
+from services.storage.ports import BlobStore
+from services.stream.rejects import reject
+from services.vision.defects import DefectRegion
+from services.vision.images import DEFAULT_MAX_MEGAPIXELS, ImageError, decode_image
+from services.vision.inspector import Inspector, Prediction
+from services.vision.overlay import encode_png, render_overlay
+
+MISSING_PROCESS = ProcessSnapshot(status="missing")
+
+
+def elapsed_ms(start: float) -> float:
+    """Milliseconds since ``start`` (a ``time.perf_counter()`` reading)."""
+    return (time.perf_counter() - start) * 1000.0
+
+
+def encode_frame(image: np.ndarray) -> bytes:
+    """A decoded RGB frame as PNG bytes (lossless), for the blob store."""
+    return encode_png(image)
+
+
+def probe_image(data: bytes) -> tuple[BlobEncoding, int, int] | str:
+    """The encoding, width and height from an image's header (nothing decoded), or why not."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                fmt, (width, height) = (image.format or "").lower(), image.size
+    except Exception as err:  # Pillow raises many types for bad headers
+        return f"cannot read the image header ({type(err).__name__}: {err})"
+    if fmt not in get_args(BlobEncoding):
+        known = ", ".join(get_args(BlobEncoding))
+        return f"unsupported image format {fmt or 'unknown'!r}; expected one of {known}"
+    if width < 1 or height < 1:
+        return f"image is {width}x{height}"
+    return fmt, width, height  # type: ignore[return-value]  # fmt is checked against BlobEncoding above
+
+
+def decode(
+    frame: Frame, data: bytes, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+) -> np.ndarray | DeadLetter:
+    """The frame's image as RGB uint8, or a dead letter saying why it cannot be used."""
+    try:
+        return decode_image(data, frame.image.uri, max_megapixels)
+    except ImageError as err:
+        code = "oversized" if "MP limit" in err.reason else "undecodable"
+        return reject("decode", code, err.reason, frame.image.uri, frame.frame_id)
+
+
+def preprocess(inspector: Inspector, images: Sequence[np.ndarray]) -> torch.Tensor:
+    """Resize and normalise decoded frames into the detector's (B, 3, S, S) input batch."""
+    return inspector.preprocess(images)
+
+
+def detect(
+    inspector: Inspector, batch: torch.Tensor, frames_hw: Sequence[tuple[int, int]]
+) -> list[Prediction]:
+    """Score a preprocessed batch: verdicts, normalised anomaly maps and defect regions."""
+    return inspector.interpret(inspector.score_batch(batch), frames_hw)
+
+
+def to_defect(region: DefectRegion) -> Defect:
+    x, y, width, height = region.bbox
+    cx, cy = region.centroid
+    return Defect(
+        bbox=BoundingBox(x=max(0, x), y=max(0, y), width=width, height=height),
+        area_px=region.area_px,
+        area_share=min(1.0, region.area_share),
+        max_score=region.max_score,
+        mean_score=min(region.mean_score, region.max_score),
+        centroid=Point(x=cx, y=cy),
+        location=region.location,  # type: ignore[arg-type]  # find_defects only returns grid names
+        severity=region.severity,  # type: ignore[arg-type]
+    )
+
+
+def postprocess(prediction: Prediction) -> list[Defect]:
+    """The prediction's defect regions as :class:`Defect` records, most severe first."""
+    return [to_defect(region) for region in prediction.defects]
+
+
+def store_heatmap(
+    blobs: BlobStore, image: np.ndarray, prediction: Prediction, roi: tuple[int, int, int, int] | None
+) -> BlobRef:
+    """Store the heat map (anomaly map over the frame, defects boxed) as a PNG; raises BlobStoreFull."""
+    overlay = render_overlay(image, prediction.anomaly_map, prediction.defects, roi)
+    height, width = overlay.shape[:2]
+    return blobs.put(encode_png(overlay), "png", width, height)
+
+
+def build_inspection(
+    frame: Frame,
+    inspector: Inspector,
+    prediction: Prediction,
+    defects: list[Defect],
+    heatmap: BlobRef | None,
+    process: ProcessSnapshot,
+    timings_ms: Mapping[str, float],
+) -> Inspection:
+    """The record stored for one inspected frame."""
+    return Inspection(
+        frame_id=frame.frame_id,
+        line_id=frame.line_id,
+        station_id=frame.station_id,
+        camera_id=frame.camera_id,
+        part_id=frame.part_id,
+        recipe=frame.recipe,
+        captured_at=frame.captured_at,
+        model_name=inspector.card.name,
+        model_version=inspector.card.version,
+        score_raw=prediction.score_raw,
+        score=float(np.clip(prediction.score, 0.0, 1.0)),
+        verdict="NG" if prediction.verdict == "NG" else "OK",
+        defects=defects,
+        heatmap=heatmap,
+        embedding=[float(v) for v in prediction.embedding],
+        process=process,
+        timings_ms={name: round(ms, 3) for name, ms in timings_ms.items()},
+        inspected_at=datetime.now(UTC),
+    )
+
+
+def inspect_batch(
+    inspector: Inspector,
+    frames: list[Frame],
+    images: list[np.ndarray],
+    blobs: BlobStore,
+    process: list[ProcessSnapshot] | None = None,
+    *,
+    timings_ms: Sequence[Mapping[str, float]] | None = None,
+) -> list[Inspection]:
+    """Inspect decoded frames as one batch: detect, outline defects, store heat maps, build records.
+
+    ``process`` holds the snapshot joined to each frame (``missing`` for all when None);
+    ``timings_ms`` the times of earlier steps per frame (e.g. decode), merged into each record.
+    Batch steps (preprocess, infer) record the time of the whole batch they ran in.
+    Raises ``BlobStoreFull`` when a heat map cannot be stored: no record is built then.
+    """
+    if len(frames) != len(images):
+        raise ValueError(f"{len(frames)} frames but {len(images)} images")
+    if process is not None and len(process) != len(frames):
+        raise ValueError(f"{len(frames)} frames but {len(process)} process snapshots")
+    if not frames:
+        return []
+    start = time.perf_counter()
+    batch = preprocess(inspector, images)
+    preprocess_ms = elapsed_ms(start)
+    start = time.perf_counter()
+    predictions = detect(inspector, batch, [(image.shape[0], image.shape[1]) for image in images])
+    infer_ms = elapsed_ms(start)
+    records = []
+    for i, (frame, image, prediction) in enumerate(zip(frames, images, predictions, strict=True)):
+        start = time.perf_counter()
+        defects = postprocess(prediction)
+        postprocess_ms = elapsed_ms(start)
+        start = time.perf_counter()
+        heatmap = store_heatmap(blobs, image, prediction, inspector.card.roi)
+        timings = dict(timings_ms[i]) if timings_ms is not None else {}
+        timings |= {"preprocess": preprocess_ms, "infer": infer_ms, "postprocess": postprocess_ms}
+        timings["heatmap"] = elapsed_ms(start)
+        snapshot = process[i] if process is not None else MISSING_PROCESS
+        records.append(build_inspection(frame, inspector, prediction, defects, heatmap, snapshot, timings))
+    return records

@@ -1,0 +1,56 @@
+"""What a run of the line did: frames, verdicts, dead letters, throughput and latency."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+LATENCY_WINDOW = 100_000
+"""Latency percentiles are taken over the last this many records (read off the source to stored)."""
+
+
+@dataclass
+class LineSummary:
+    frames_in: int = 0  # frames read off the sources (dead-lettered ones included)
+    inspected: int = 0  # inspection records stored
+    ng: int = 0
+    skipped: int = 0  # frames already stored, skipped when resuming
+    frame_dead_letters: int = 0
+    process_samples: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)  # reason code → count (frames and process)
+    wall_s: float = 0.0
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW), repr=False)
+    stopped_by: str | None = None  # why the line stopped on its own (e.g. the blob store is full)
+
+    @property
+    def ng_rate(self) -> float:
+        return self.ng / self.inspected if self.inspected else 0.0
+
+    @property
+    def throughput(self) -> float:
+        """Frames per second read and dealt with (inspected or dead-lettered)."""
+        done = self.inspected + self.frame_dead_letters
+        return done / self.wall_s if self.wall_s > 0 else 0.0
+
+    def latency_ms(self, percentile: float) -> float:
+        return float(np.percentile(self.latencies_ms, percentile)) if self.latencies_ms else 0.0
+
+    def lines(self) -> list[str]:
+        """The summary as printed by ``linewatch demo`` and ``linewatch run``."""
+        reasons = ", ".join(f"{code} {n}" for code, n in sorted(self.dead_letters.items())) or "none"
+        frames = f"{self.frames_in} in, {self.inspected} inspected, {self.frame_dead_letters} dead-lettered"
+        if self.skipped:
+            frames += f", {self.skipped} already stored"
+        p50, p99 = self.latency_ms(50), self.latency_ms(99)
+        out = [
+            f"frames        {frames}",
+            f"NG rate       {self.ng_rate:.1%} ({self.ng} NG of {self.inspected})",
+            f"dead letters  {sum(self.dead_letters.values())} ({reasons})",
+            f"throughput    {self.throughput:.1f} frames/s over {self.wall_s:.1f} s",
+            f"latency       p50 {p50:.0f} ms, p99 {p99:.0f} ms (read off the source to stored)",
+        ]
+        if self.stopped_by:
+            out.append(f"stopped       {self.stopped_by}")
+        return out

@@ -1,0 +1,132 @@
+"""The dashboard in headless Chromium against the real app served by uvicorn on a loopback port."""
+
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from services.api.app import create_app
+from services.api.settings import ApiSettings
+from services.ingest.synthetic import render_part
+from services.storage.file_blob_store import FileBlobStore
+from services.storage.sqlite_record_store import SqliteRecordStore
+from services.vision.inspector import Inspector
+from services.vision.overlay import encode_png
+from tests.api.conftest import API_KEY
+from tests.api.factories import make_alert
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PARTS = 16  # two a bucket, every 4 minutes over the last hour; every third one with a defect
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """Run ``app`` with uvicorn in a thread on a free loopback port; yields its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"uvicorn did not start on port {port}")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def post_parts(base_url: str) -> None:
+    """Send synthetic parts through POST /v1/inspect, as an AOI machine would, and one broken frame."""
+    now = datetime.now(UTC)
+    with httpx.Client(base_url=base_url, headers={"X-API-Key": API_KEY}, timeout=60) as http:
+        for i in range(PARTS):
+            kinds = ["sink_mark"] if i % 3 == 0 else []
+            image, _, _ = render_part(np.random.default_rng(100 + i), kinds)
+            fields = {
+                "line_id": "line-1",
+                "station_id": "station-1",
+                "camera_id": f"cam-{1 + i % 2}",
+                "recipe": "housing-A",
+                "part_id": f"line-1-{i:06d}",
+                "captured_at": (now - timedelta(minutes=4 * ((PARTS - 1 - i) // 2), seconds=10)).isoformat(),
+            }
+            files = {"image": (f"part-{i}.png", encode_png(image), "image/png")}
+            http.post("/v1/inspect", data=fields, files=files).raise_for_status()
+        broken = http.post(
+            "/v1/inspect", data=fields, files={"image": ("torn.png", b"\x89PNG\r\n", "image/png")}
+        )
+        assert broken.status_code == 422
+
+
+@pytest.fixture
+def browser_app(tmp_path: Path, tiny_inspector: Inspector) -> Iterator[FastAPI]:
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's chromium package to run the dashboard test")
+    with SqliteRecordStore(tmp_path / "records.db") as records:
+        records.add_alert(make_alert(line_id="line-1", at=datetime.now(UTC) - timedelta(minutes=3)))
+        yield create_app(
+            ApiSettings(keys=[API_KEY]), records, FileBlobStore(tmp_path / "blobs"), tiny_inspector
+        )
+
+
+def test_dashboard_feed_chart_and_inspection_page(browser_app: FastAPI, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with serving(browser_app) as base_url, sync_playwright() as playwright:
+        post_parts(base_url)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"{base_url}/dashboard/")
+
+        page.fill("#api-key", "wrong-key")
+        page.click("#login-form button")
+        expect(page.locator("#login-error")).to_have_text("This API key is not accepted.")
+        page.fill("#api-key", API_KEY)
+        page.click("#login-form button")
+
+        rows = page.locator("#feed tbody tr")
+        expect(rows).to_have_count(PARTS)
+        expect(page.locator("#feed tbody tr.row-ng").first).to_be_visible()
+        expect(page.locator("#ng-chart svg polyline")).to_have_count(1)
+        expect(page.locator("#ng-chart svg circle")).to_have_count(PARTS // 2)
+        expect(page.locator("#status-tiles .tile")).to_have_count(2)
+        expect(page.locator("#dead-letters li")).to_contain_text(["undecodable"])
+        expect(page.locator("#alerts li")).to_contain_text(["NG rate 8%"])
+        for img in page.locator("#feed img.thumb").all():
+            expect(img).to_have_attribute("src", re.compile(r"^blob:"))
+        page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+
+        page.locator("#feed tbody tr.row-ng").first.click()
+        expect(page).to_have_url(re.compile(r"/dashboard/inspection\.html\?frame_id="))
+        expect(page.locator("#verdict")).to_have_text("NG")
+        expect(page.locator("#defects tbody tr").first).to_contain_text("anomaly")
+        expect(page.locator("#overlay")).to_have_attribute("src", re.compile(r"^blob:"))
+        expect(page.locator("#timings tbody")).to_contain_text("infer")
+        page.screenshot(path=str(tmp_path / "inspection.png"), full_page=True)
+        browser.close()
+    assert (tmp_path / "dashboard.png").stat().st_size > 0

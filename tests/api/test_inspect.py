@@ -1,0 +1,121 @@
+"""POST /v1/inspect with a real (tiny) trained model: verdicts, defects, stored records, dead letters."""
+
+import hashlib
+from datetime import UTC, datetime
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from services.api.app import create_app
+from services.api.settings import ApiSettings
+from services.ingest.synthetic import render_part
+from services.storage.file_blob_store import FileBlobStore
+from services.storage.sqlite_record_store import SqliteRecordStore
+from services.vision.inspector import Inspector
+from services.vision.overlay import encode_png
+from tests.api.conftest import API_KEY
+
+FIELDS = {"line_id": "line-1", "station_id": "station-1", "camera_id": "cam-1", "recipe": "housing-A"}
+
+
+@pytest.fixture
+def model_client(
+    settings: ApiSettings, records: SqliteRecordStore, blobs: FileBlobStore, tiny_inspector: Inspector
+) -> TestClient:
+    return TestClient(create_app(settings, records, blobs, tiny_inspector), headers={"X-API-Key": API_KEY})
+
+
+def _overlaps(a: dict[str, int], b: tuple[int, int, int, int]) -> bool:
+    bx, by, bw, bh = b
+    return a["x"] < bx + bw and bx < a["x"] + a["width"] and a["y"] < by + bh and by < a["y"] + a["height"]
+
+
+def test_a_part_with_a_sink_mark_is_ng_with_the_defect_outlined(
+    model_client: TestClient, records: SqliteRecordStore, blobs: FileBlobStore
+) -> None:
+    image, _, planted = render_part(np.random.default_rng(0), ["sink_mark"])
+    png = encode_png(image)
+    fields = FIELDS | {"part_id": "P-000123", "captured_at": "2025-03-04T09:15:30+01:00"}
+
+    response = model_client.post("/v1/inspect", data=fields, files={"image": ("p123.png", png, "image/png")})
+
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["overall_grade"] == "NG"
+    assert result["score"] >= 0.5
+    assert (result["part_id"], result["timestamp"]) == ("P-000123", "2025-03-04T08:15:30Z")
+    assert any(_overlaps(defect["bbox"], planted[0].bbox) for defect in result["defects"])
+    assert {defect["type"] for defect in result["defects"]} == {"anomaly"}
+    stored = records.get_inspection(result["frame_id"])
+    assert stored is not None and stored.verdict == "NG" and stored.part_id == "P-000123"
+    assert set(stored.timings_ms) >= {"decode", "infer"}
+    assert blobs.exists((blobs.root / _blob_path(png)).as_uri())  # the frame, kept as uploaded
+    assert result["heatmap_url"] == f"http://testserver/v1/inspections/{result['frame_id']}/overlay.png"
+    overlay = model_client.get(result["heatmap_url"])
+    decoded = cv2.imdecode(np.frombuffer(overlay.content, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded is not None and decoded.shape[:2] == image.shape[:2]
+
+
+def _blob_path(data: bytes) -> str:
+    digest = hashlib.sha256(data).hexdigest()
+    return f"{digest[:2]}/{digest[2:4]}/{digest}.png"
+
+
+def test_the_same_part_without_the_defect_is_ok(model_client: TestClient) -> None:
+    image, _, _ = render_part(np.random.default_rng(0), [])
+    files = {"image": ("p124.jpg", cv2.imencode(".jpg", image[:, :, ::-1])[1].tobytes(), "image/jpeg")}
+    result = model_client.post("/v1/inspect", data=FIELDS, files=files).json()
+    assert (result["overall_grade"], result["defects"]) == ("OK", [])
+    assert datetime.fromisoformat(result["timestamp"]) <= datetime.now(UTC)
+
+
+def test_a_corrupt_upload_is_422_and_a_dead_letter(
+    model_client: TestClient, records: SqliteRecordStore
+) -> None:
+    truncated = encode_png(render_part(np.random.default_rng(1), [])[0])[:300]
+
+    response = model_client.post(
+        "/v1/inspect", data=FIELDS, files={"image": ("bad.png", truncated, "image/png")}
+    )
+
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("cannot use the image: cannot decode image")
+    (letter,) = records.list_dead_letters()
+    assert letter.source == "decode"
+    assert letter.reason.startswith("undecodable: cannot decode image")
+    assert letter.original_ref == "upload 'bad.png' (300 bytes) from line-1/cam-1"
+    assert letter.frame_id is not None
+    assert records.count_inspections() == 0
+    metrics = model_client.get("/metrics").text
+    assert 'linewatch_api_rejected_frames_total{camera_id="cam-1",line_id="line-1"} 1.0' in metrics
+
+
+def test_ready_names_the_loaded_model(model_client: TestClient, tiny_inspector: Inspector) -> None:
+    card = tiny_inspector.card
+    assert model_client.get("/ready").json()["model"] == f"loaded: {card.name} {card.version}"
+
+
+def test_without_a_model_inspect_is_503(client: TestClient) -> None:
+    files = {"image": ("p.png", b"\x89PNG", "image/png")}
+    response = client.post("/v1/inspect", data=FIELDS, files=files)
+    assert response.status_code == 503
+    assert "no model loaded" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"line_id": ""}, "line_id"), ({"captured_at": "2025-03-04T08:15:30"}, "captured_at")],
+)
+def test_bad_metadata_is_422_naming_the_field(client: TestClient, change: dict[str, str], field: str) -> None:
+    files = {"image": ("p.png", b"\x89PNG", "image/png")}
+    response = client.post("/v1/inspect", data=FIELDS | change, files=files)
+    assert response.status_code == 422
+    assert [error["loc"][-1] for error in response.json()["detail"]] == [field]
+
+
+def test_a_missing_image_is_422(client: TestClient) -> None:
+    response = client.post("/v1/inspect", data=FIELDS)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "image"]

@@ -1,0 +1,149 @@
+"""GET /v1/inspections (filters), one inspection, its overlay PNG."""
+
+from datetime import timedelta
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from schemas.inspection import Inspection
+from services.storage.file_blob_store import FileBlobStore
+from services.storage.sqlite_record_store import SqliteRecordStore
+from tests.api.factories import HEATMAP_HW, T0, make_inspection
+
+
+@pytest.fixture
+def seeded(records: SqliteRecordStore) -> dict[str, Inspection]:
+    """Five inspections a minute apart, differing in one thing each."""
+    inspections = {
+        "ok": make_inspection(at=T0, params={"mould_temp_c": 60.0}),
+        "ng_top_left": make_inspection(
+            at=T0 + timedelta(minutes=1), verdict="NG", locations=("top_left",), params={"mould_temp_c": 52.0}
+        ),
+        "other_line": make_inspection(at=T0 + timedelta(minutes=2), line_id="press-line-2"),
+        "other_camera": make_inspection(at=T0 + timedelta(minutes=3), camera_id="cam-side"),
+        "other_recipe": make_inspection(
+            at=T0 + timedelta(minutes=4), recipe="cap-B", verdict="NG", locations=("center",)
+        ),
+    }
+    for inspection in inspections.values():
+        records.upsert_inspection(inspection)
+    return inspections
+
+
+def _names(client: TestClient, seeded: dict[str, Inspection], query: str) -> list[str]:
+    response = client.get(f"/v1/inspections?{query}")
+    assert response.status_code == 200, response.text
+    by_id = {inspection.frame_id: name for name, inspection in seeded.items()}
+    return [by_id[item["frame_id"]] for item in response.json()["items"]]
+
+
+def test_list_is_newest_first_with_a_total_and_without_embeddings(
+    client: TestClient, seeded: dict[str, Inspection]
+) -> None:
+    page = client.get("/v1/inspections?limit=2&offset=1").json()
+    assert (page["total"], page["limit"], page["offset"]) == (5, 2, 1)
+    assert [item["frame_id"] for item in page["items"]] == [
+        seeded["other_camera"].frame_id,
+        seeded["other_line"].frame_id,
+    ]
+    assert all(item["embedding"] == [] for item in page["items"])
+    full = client.get("/v1/inspections?limit=1&with_embedding=true").json()["items"][0]
+    assert full["embedding"] == [0.1, 0.2, 0.3]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("line_id=press-line-2", ["other_line"]),
+        ("camera_id=cam-side", ["other_camera"]),
+        ("recipe=cap-B", ["other_recipe"]),
+        ("verdict=NG", ["other_recipe", "ng_top_left"]),
+        ("defect_location=top_left", ["ng_top_left"]),
+        ("from=2025-03-04T08:01:00Z&to=2025-03-04T08:03:00Z", ["other_line", "ng_top_left"]),
+        ("from=2025-03-04T09:03:00%2B01:00", ["other_recipe", "other_camera"]),
+        ("param=mould_temp_c:50:55", ["ng_top_left"]),
+        ("param=mould_temp_c:55:", ["ok"]),
+        ("param=mould_temp_c::70&verdict=OK", ["ok"]),
+        ("param=mould_temp_c:50:70&param=hold_pressure_bar::600", []),
+    ],
+)
+def test_filters(client: TestClient, seeded: dict[str, Inspection], query: str, expected: list[str]) -> None:
+    assert _names(client, seeded, query) == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("param=mould_temp_c", "expected name:min:max"),
+        ("param=mould_temp_c:low:70", "'low' is not a number"),
+        ("param=mould_temp_c:70:50", "min 70.0 is above max 50.0"),
+        ("from=2025-03-04T08:00:00", "naive datetime"),
+        ("from=2025-03-04T09:00:00Z&to=2025-03-04T08:00:00Z", "captured_from must be before captured_to"),
+    ],
+)
+def test_bad_filters_are_422_with_the_reason(client: TestClient, query: str, reason: str) -> None:
+    response = client.get(f"/v1/inspections?{query}")
+    assert response.status_code == 422
+    assert reason in str(response.json()["detail"])
+
+
+def test_one_inspection_whole(client: TestClient, seeded: dict[str, Inspection]) -> None:
+    wanted = seeded["ng_top_left"]
+    response = client.get(f"/v1/inspections/{wanted.frame_id}")
+    assert response.status_code == 200
+    assert Inspection.model_validate(response.json()) == wanted
+
+
+def test_unknown_inspection_is_404_naming_it(client: TestClient) -> None:
+    response = client.get("/v1/inspections/0195603a-0000-7000-8000-000000000000")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "no inspection with frame_id '0195603a-0000-7000-8000-000000000000'"}
+
+
+def _decode(png: bytes) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None
+    return image
+
+
+def test_overlay_is_the_stored_heat_map_png(
+    client: TestClient, records: SqliteRecordStore, blobs: FileBlobStore
+) -> None:
+    inspection = make_inspection(blobs, verdict="NG", locations=("center",))
+    records.upsert_inspection(inspection)
+    assert inspection.heatmap is not None
+
+    response = client.get(f"/v1/inspections/{inspection.frame_id}/overlay.png")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    assert response.content == blobs.get(inspection.heatmap.uri)
+    assert _decode(response.content).shape[:2] == HEATMAP_HW
+
+
+def test_overlay_thumbnail_is_scaled_down(
+    client: TestClient, records: SqliteRecordStore, blobs: FileBlobStore
+) -> None:
+    records.upsert_inspection(inspection := make_inspection(blobs))
+    response = client.get(f"/v1/inspections/{inspection.frame_id}/overlay.png?max_side=32")
+    assert _decode(response.content).shape[:2] == (24, 32)
+
+
+def test_overlay_is_404_without_a_heat_map(
+    client: TestClient, records: SqliteRecordStore, blobs: FileBlobStore
+) -> None:
+    records.upsert_inspection(never_stored := make_inspection())
+    records.upsert_inspection(deleted := make_inspection(blobs))
+    assert deleted.heatmap is not None
+    blobs.delete(deleted.heatmap.uri)
+
+    response = client.get(f"/v1/inspections/{never_stored.frame_id}/overlay.png")
+    assert (response.status_code, response.json()["detail"]) == (
+        404,
+        f"inspection {never_stored.frame_id} has no heat map stored",
+    )
+    response = client.get(f"/v1/inspections/{deleted.frame_id}/overlay.png")
+    assert response.status_code == 404
+    assert "no longer in the blob store" in response.json()["detail"]

@@ -1,0 +1,91 @@
+"""The step functions on their own: decode, probe, defects, the inspection record."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from schemas.blob import BlobRef
+from schemas.dead_letter import DeadLetter
+from schemas.frame import Frame
+from services.ingest.frame_ids import replay_frame_id
+from services.stream.rejects import reason_code, reject
+from services.stream.steps import decode, encode_frame, probe_image, to_defect
+from services.vision.defects import DefectRegion
+
+T0 = datetime(2025, 3, 4, 8, 0, 0, tzinfo=UTC)
+
+
+def frame() -> Frame:
+    blob = BlobRef(uri="file:///b/f.png", sha256="a" * 64, size_bytes=10, width=64, height=48, encoding="png")
+    return Frame(
+        frame_id=replay_frame_id(T0, "f"),
+        line_id="line-1",
+        station_id="station-1",
+        camera_id="cam-1",
+        recipe="housing-A",
+        captured_at=T0,
+        image=blob,
+    )
+
+
+def image(height: int = 48, width: int = 64) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_decode_round_trips_an_encoded_frame() -> None:
+    original = image()
+    decoded = decode(frame(), encode_frame(original))
+    assert isinstance(decoded, np.ndarray)
+    np.testing.assert_array_equal(decoded, original)
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image at all", encode_frame(image())[:200]])
+def test_decode_turns_bad_bytes_into_a_dead_letter(data: bytes) -> None:
+    letter = decode(frame(), data)
+    assert isinstance(letter, DeadLetter)
+    assert letter.source == "decode"
+    assert reason_code(letter) == "undecodable"
+    assert letter.frame_id == frame().frame_id
+    assert letter.original_ref == "file:///b/f.png"
+
+
+def test_decode_refuses_a_frame_above_the_pixel_limit_as_oversized() -> None:
+    letter = decode(frame(), encode_frame(image(600, 600)), max_megapixels=0.1)
+    assert isinstance(letter, DeadLetter)
+    assert reason_code(letter) == "oversized"
+
+
+def test_probe_reads_format_and_size_from_the_header() -> None:
+    assert probe_image(encode_frame(image(48, 64))) == ("png", 64, 48)
+
+
+@pytest.mark.parametrize("data", [b"", b"\x89PNG\r\n\x1a\n garbage", b"GIF89a" + b"\0" * 20])
+def test_probe_says_why_it_cannot_read_a_header(data: bytes) -> None:
+    assert isinstance(probe_image(data), str)
+
+
+def test_to_defect_keeps_the_region_measurements() -> None:
+    region = DefectRegion(
+        bbox=(10, 20, 30, 40),
+        area_px=900,
+        area_share=0.01,
+        max_score=0.9,
+        mean_score=0.7,
+        centroid=(25.0, 40.0),
+        location="top_left",
+        severity="major",
+    )
+    defect = to_defect(region)
+    assert (defect.bbox.x, defect.bbox.y, defect.bbox.width, defect.bbox.height) == (10, 20, 30, 40)
+    assert (defect.area_px, defect.location, defect.severity) == (900, "top_left", "major")
+    assert (defect.centroid.x, defect.centroid.y) == (25.0, 40.0)
+    assert (defect.max_score, defect.mean_score) == (0.9, 0.7)
+
+
+def test_reject_reason_reads_code_then_detail() -> None:
+    letter = reject("ingest", "unknown_camera", "camera 'x' is not one of a, b", "src")
+    assert letter.reason == "unknown_camera: camera 'x' is not one of a, b"
+    assert reason_code(letter) == "unknown_camera"
