@@ -179,7 +179,10 @@ def load_artifact(model_dir: Path) -> tuple[nn.Module, ModelCard]:
         raise ArtifactError(f"backbone weights in {weights_path} do not fit {card.backbone}: {err}") from err
     model: nn.Module
     if card.kind == "patchcore":
-        params = PatchCoreParams(**card.params)
+        patchcore_params = dict(card.params)
+        if patchcore_params.get("layer_weights") is not None:
+            patchcore_params["layer_weights"] = tuple(patchcore_params["layer_weights"])
+        params = PatchCoreParams(**patchcore_params)
         model = PatchCoreModel(
             extractor, tensors["memory_bank"], card.image_size, params, tensors.get("projection")
         )

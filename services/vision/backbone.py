@@ -93,8 +93,9 @@ def load_classifier(name: str, weights_path: Path | None = None) -> nn.Module:
 class FeatureExtractor(nn.Module):
     """A frozen backbone truncated after the deepest requested layer; returns maps in layer order."""
 
-    def __init__(self, model: nn.Module, layers: list[str]) -> None:
+    def __init__(self, model: nn.Module, layers: list[str], max_chunk: int = 4) -> None:
         super().__init__()
+        self.max_chunk = max_chunk  # images per backbone pass: bounds activation memory, not throughput
         nodes = set(get_graph_node_names(model)[1])
         missing = [
             layer for layer in layers if not any(n == layer or n.startswith(layer + ".") for n in nodes)
@@ -108,8 +109,11 @@ class FeatureExtractor(nn.Module):
         self.body = fold_batch_norms(GraphModule(body, body.graph).eval().requires_grad_(False))
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        outputs = self.body(images.contiguous(memory_format=torch.channels_last))
-        return [outputs[layer] for layer in self.layers]
+        images = images.contiguous(memory_format=torch.channels_last)
+        chunks = [self.body(chunk) for chunk in images.split(self.max_chunk)]
+        if len(chunks) == 1:
+            return [chunks[0][layer] for layer in self.layers]
+        return [torch.cat([chunk[layer] for chunk in chunks]) for layer in self.layers]
 
 
 def untrained_feature_extractor(name: str, layers: list[str], activation: str | None) -> FeatureExtractor:

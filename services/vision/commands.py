@@ -20,6 +20,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--weights", type=Path, help="local state_dict of the backbone (air-gapped plants)")
     train.add_argument("--activation", choices=sorted(ACTIVATIONS), help="replace every activation function")
     train.add_argument("--layers", nargs="+", help="feature layers (default: per backbone)")
+    train.add_argument(
+        "--layer-weights",
+        type=float,
+        nargs="+",
+        help="scale of each layer's features (PatchCore; default 1 each)",
+    )
     train.add_argument("--image-size", type=int, default=256)
     train.add_argument("--coreset", type=float, default=0.02, help="share of patches kept (PatchCore)")
     train.add_argument(
@@ -76,6 +82,7 @@ def run_train(args: argparse.Namespace) -> int:
             layers=args.layers,
             image_size=args.image_size,
             coreset_ratio=args.coreset,
+            layer_weights=tuple(args.layer_weights) if args.layer_weights else None,
             holdout=args.holdout,
             target_fpr=args.target_fpr,
             roi=tuple(args.roi) if args.roi else None,

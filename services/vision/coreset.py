@@ -26,10 +26,10 @@ def greedy_coreset(
         raise ValueError("coreset size must be positive")
     if n_select >= n_points:
         return torch.arange(n_points)
-    points = features.float()
+    points = features
     if projection_dim and points.shape[1] > projection_dim:
-        points = points @ random_projection(points.shape[1], projection_dim, seed)
-    points = points.contiguous()
+        points = points.float() @ random_projection(points.shape[1], projection_dim, seed)
+    points = points.float().contiguous()
     squared = (points * points).sum(dim=1)
     generator = torch.Generator().manual_seed(seed)
     current = int(torch.randint(n_points, (1,), generator=generator))

@@ -36,6 +36,7 @@ class TrainConfig:
     layers: list[str] | None = None
     image_size: int = 256
     coreset_ratio: float = 0.02
+    layer_weights: tuple[float, ...] | None = None
     holdout: float = 0.15
     target_fpr: float = 0.01
     confidence: float = 0.9
@@ -89,8 +90,13 @@ def train(config: TrainConfig) -> ModelCard:
     model: torch.nn.Module
     params: PatchCoreParams | SpadeParams
     if config.detector == "patchcore":
-        params = PatchCoreParams(coreset_ratio=config.coreset_ratio, seed=config.seed)
-        model = fit_patchcore(extractor, batches, len(fit_paths), config.image_size, params, config.progress)
+        params = PatchCoreParams(
+            coreset_ratio=config.coreset_ratio, layer_weights=config.layer_weights, seed=config.seed
+        )
+        patchcore = fit_patchcore(
+            extractor, batches, len(fit_paths), config.image_size, params, config.progress
+        )
+        model, params = patchcore, patchcore.params  # as fitted, e.g. the balanced layer weights
     elif config.detector == "spade":
         params = SpadeParams(seed=config.seed)
         model = fit_spade(extractor, batches, len(fit_paths), config.image_size, params)

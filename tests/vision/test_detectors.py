@@ -82,7 +82,7 @@ def card_fields(model: PatchCoreModel) -> dict:
         "layers": model.extractor.layers,
         "activation": "relu",
         "image_size": SIZE,
-        "params": {**PatchCoreParams(coreset_ratio=0.1).__dict__},
+        "params": {**model.params.__dict__},
         "image_calibration": calibration,
         "pixel_calibration": calibration,
         "training": {
