@@ -1,4 +1,4 @@
-# linewatch — the two commands a newcomer needs are `make bottle` and `make test`.
+# linewatch — the two commands a newcomer needs are `make demo` and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,7 +6,7 @@ SHARED ?= ../shared
 DATA ?= $(SHARED)/datasets
 WEIGHTS ?= $(SHARED)/weights/mobilenet_v2_imagenet_dequant.pth
 
-.PHONY: setup bottle test lint unit bench clean
+.PHONY: setup demo bottle test lint unit bench browser clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 setup: $(BIN)/.installed
 
-## The main job (for now): train PatchCore on the bottle images and evaluate it.
+## The main job: a whole synthetic line on this machine, dashboard at http://127.0.0.1:8000 (Ctrl-C stops).
+demo: setup
+	$(BIN)/linewatch demo --weights $(WEIGHTS) --activation relu $(DEMO_ARGS)
+
+## Train PatchCore on the real bottle images and evaluate it.
 bottle: setup
 	$(BIN)/linewatch train --data $(DATA)/mvtec_bottle --category bottle --out models/bottle \
 		--weights $(WEIGHTS) --activation relu
@@ -31,8 +35,14 @@ lint: setup
 unit: setup
 	$(BIN)/python -m pytest -m "not integration"
 
+## Debian's Chromium for the dashboard's browser test (installed when missing and when allowed).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } || \
+		echo "chromium not installed: the dashboard browser test will be skipped"
+
 ## The test command CI runs: lint, types, then every test (unit and integration).
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest
 
 bench: setup

@@ -7,12 +7,14 @@ told not to, serves the dashboard while the line runs. Always ends with the run'
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from services.api.settings import ApiSettings
+from services.api.settings import ApiSettings, hash_key
 from services.ingest.simulator_source import SimulatorSource
 from services.ingest.synthetic import DEFAULT_START, SyntheticLine, write_dataset
 from services.ingest.synthetic_source import SyntheticSource
@@ -84,9 +86,10 @@ def run_demo(options: DemoOptions) -> LineSummary:
         )
         server = None
         if options.serve:
-            settings = ApiSettings(host="127.0.0.1", port=options.port, auth_required=False)
+            key = os.environ.get("LINEWATCH_DEMO_KEY") or secrets.token_urlsafe(12)
+            settings = ApiSettings(host="127.0.0.1", port=options.port, key_hashes=[hash_key(key)])
             server = ApiServer(settings, line, records, blobs, inspector)
-            print(f"dashboard: {server.url}/dashboard/")
+            print(f"dashboard: {server.url}/dashboard/  (API key for this run: {key})")
             print(f"API docs: {server.url}/docs, line metrics: {server.url}/metrics")
             print("the line is running; Ctrl-C stops it", flush=True)
         else:
