@@ -38,10 +38,14 @@ def test_example_config_is_valid_settings() -> None:
     assert settings.models
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (Debian's 1.29) not installed")
+@pytest.mark.skipif(
+    shutil.which("docker-compose") is None, reason="docker-compose (Debian's 1.29) not installed"
+)
 def test_compose_config_validates() -> None:
     result = subprocess.run(
         ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-        capture_output=True, text=True, env={"LINEWATCH_API_KEY_HASHES": "0" * 64, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        env={"LINEWATCH_API_KEY_HASHES": "0" * 64, "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr
