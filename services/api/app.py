@@ -10,7 +10,7 @@ from services.api.auth import require_api_key
 from services.api.context import ApiContext
 from services.api.limits import BodySizeLimitMiddleware
 from services.api.metrics import ApiMetrics, RequestMetricsMiddleware
-from services.api.routes import dashboard, health, inspect, inspections, line
+from services.api.routes import dashboard, docs, health, inspect, inspections, line
 from services.api.settings import ApiSettings
 from services.storage.ports import BlobStore, RecordStore
 from services.vision.inspector import Inspector
@@ -41,7 +41,7 @@ def create_app(
             "the API requires keys but none are configured: set LINEWATCH_API_KEYS (plain, comma "
             "separated) or LINEWATCH_API_KEY_HASHES, or LINEWATCH_API_AUTH_REQUIRED=false on a closed network"
         )
-    app = FastAPI(title="linewatch", description=DESCRIPTION)
+    app = FastAPI(title="linewatch", description=DESCRIPTION, docs_url=None, redoc_url=None)
     metrics = ApiMetrics()
     app.state.linewatch = ApiContext(settings, records, blobs, inspector, metrics, registry, line_status)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
@@ -51,4 +51,5 @@ def create_app(
     for router in (health.metrics_router, inspect.router, inspections.router, line.router):
         app.include_router(router, dependencies=needs_key)
     dashboard.mount_dashboard(app)
+    docs.mount_docs(app)
     return app

@@ -93,3 +93,13 @@ def test_key_matches_compares_hashes() -> None:
     assert key_matches("b", hashes)
     assert not key_matches("c", hashes)
     assert not key_matches("a", [])
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_the_docs_pages_load_their_assets_from_the_api_itself(anonymous: TestClient, path: str) -> None:
+    page = anonymous.get(path).text
+    assert "cdn." not in page and "https://" not in page.split("<body")[1]
+    for asset in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/redoc.standalone.js"):
+        if asset.rsplit("/", 1)[1] in page:
+            response = anonymous.get(asset)
+            assert response.status_code == 200 and len(response.content) > 100_000

@@ -130,3 +130,28 @@ def test_dashboard_feed_chart_and_inspection_page(browser_app: FastAPI, tmp_path
         page.screenshot(path=str(tmp_path / "inspection.png"), full_page=True)
         browser.close()
     assert (tmp_path / "dashboard.png").stat().st_size > 0
+
+
+def test_the_api_docs_render_with_no_internet(browser_app: FastAPI) -> None:
+    """Swagger UI renders from the API's own assets: every request off the API's host is refused."""
+    from playwright.sync_api import Route, expect, sync_playwright
+
+    outside: list[str] = []
+
+    with serving(browser_app) as base_url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page()
+
+        def only_local(route: Route) -> None:
+            if route.request.url.startswith(base_url):
+                route.continue_()
+            else:
+                outside.append(route.request.url)
+                route.abort()
+
+        page.route("**/*", only_local)
+        page.goto(f"{base_url}/docs")
+        expect(page.locator(".swagger-ui .info .title")).to_contain_text("linewatch")
+        expect(page.locator(".opblock-summary-path").first).to_be_visible()
+        browser.close()
+    assert outside == []
