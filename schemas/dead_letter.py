@@ -42,3 +42,8 @@ class DeadLetter(Record):
     )
     frame_id: str | None = None
     failed_at: UtcDatetime
+
+
+def reason_code(letter: DeadLetter) -> str:
+    """The code a dead letter was rejected for (the text before the first colon of its reason)."""
+    return letter.reason.partition(":")[0].strip() or "unknown"

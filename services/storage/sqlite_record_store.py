@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Any
 
 from schemas.alert import Alert
-from schemas.dead_letter import DeadLetter
+from schemas.dead_letter import DeadLetter, reason_code
 from schemas.inspection import Inspection
 from services.storage import sqlite_sql as sql
 from services.storage.errors import RecordStoreVersionError
@@ -113,13 +113,25 @@ class SqliteRecordStore:
         )
         return [NgRateBucket(sql.from_us(b), line, camera, total, ng) for b, line, camera, total, ng in rows]
 
-    def add_dead_letter(self, dead_letter: DeadLetter) -> None:
-        row = (sql.to_us(dead_letter.failed_at), dead_letter.source, dead_letter.frame_id)
+    def add_dead_letter(self, dead_letter: DeadLetter) -> bool:
+        """Store a dead letter; False when this frame's letter from this step for this reason code is
+        already stored (a replay meeting the same bad frame again). Letters without a frame id are
+        always added."""
+        letter = dead_letter
+        once_key = f"{letter.frame_id}|{letter.source}|{reason_code(letter)}" if letter.frame_id else None
         with self._transaction() as db:
-            db.execute(
-                "INSERT INTO dead_letters (failed_at_us, source, frame_id, record) VALUES (?, ?, ?, ?)",
-                (*row, dead_letter.model_dump_json()),
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO dead_letters (failed_at_us, source, frame_id, record, once_key) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    sql.to_us(letter.failed_at),
+                    letter.source,
+                    letter.frame_id,
+                    letter.model_dump_json(),
+                    once_key,
+                ),
             )
+            return cursor.rowcount == 1
 
     def list_dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The newest dead letters first."""
@@ -165,9 +177,13 @@ class SqliteRecordStore:
                     f"this one supports up to version {sql.SCHEMA_VERSION}: upgrade linewatch to open it"
                 )
             if version == 0:
-                for statement in sql.CREATE_TABLES:
+                for statement in sql.CREATE_TABLES:  # the layout of version 1
                     db.execute(statement)
-                db.execute(f"PRAGMA user_version = {sql.SCHEMA_VERSION}")
+                version = 1
+            for step in range(version + 1, sql.SCHEMA_VERSION + 1):
+                for statement in sql.MIGRATIONS[step]:
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {sql.SCHEMA_VERSION}")
 
 
 def _check(limit: int) -> int:

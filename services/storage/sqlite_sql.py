@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from services.storage.query import InspectionQuery
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 CREATE_TABLES = (
     """CREATE TABLE IF NOT EXISTS inspections (
@@ -55,6 +55,17 @@ CREATE_TABLES = (
     )""",
     "CREATE INDEX IF NOT EXISTS ix_alerts_raised_at ON alerts (raised_at_us)",
 )
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 2: a dead letter of a frame is stored once per (frame, step, reason code): a replay after a
+    # restart meets the same bad frame again and must not count it twice. Letters without a frame id
+    # (e.g. a malformed process row) have no key and are all kept.
+    2: (
+        "ALTER TABLE dead_letters ADD COLUMN once_key TEXT",
+        "CREATE UNIQUE INDEX IF NOT EXISTS ux_dead_letters_once ON dead_letters (once_key)",
+    ),
+}
+"""Statements that bring a layout from the version before the key up to the key's version."""
 
 UPSERT_INSPECTION = """
     INSERT INTO inspections (frame_id, captured_at_us, line_id, camera_id, recipe, verdict, record)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from schemas.dead_letter import DeadLetter
+from schemas.dead_letter import DeadLetter, reason_code
+
+__all__ = ["reason_code", "reject"]
 
 
 def reject(step: str, code: str, detail: str, original_ref: str, frame_id: str | None = None) -> DeadLetter:
@@ -16,8 +18,3 @@ def reject(step: str, code: str, detail: str, original_ref: str, frame_id: str |
         frame_id=frame_id,
         failed_at=datetime.now(UTC),
     )
-
-
-def reason_code(letter: DeadLetter) -> str:
-    """The code a dead letter was rejected for (the text before the first colon of its reason)."""
-    return letter.reason.partition(":")[0].strip() or "unknown"

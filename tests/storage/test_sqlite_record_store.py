@@ -10,6 +10,7 @@ from schemas.alert import ALERT_EXAMPLE, Alert
 from schemas.dead_letter import DEAD_LETTER_EXAMPLE, DeadLetter
 from schemas.ids import new_uuid7
 from schemas.inspection import Inspection
+from services.storage import sqlite_sql as sql
 from services.storage.errors import RecordStoreVersionError
 from services.storage.ports import RecordStore
 from services.storage.query import InspectionQuery, NgRateBucket
@@ -42,7 +43,7 @@ def test_database_uses_wal_and_records_its_schema_version(store: SqliteRecordSto
     assert port.count_inspections() == 0
     with sqlite3.connect(db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
 
 
 def test_upsert_twice_keeps_one_record_and_one_set_of_child_rows(
@@ -223,3 +224,36 @@ def test_alerts_are_idempotent_and_listed_newest_first(store: SqliteRecordStore)
     assert store.list_alerts() == [second, first]
     with pytest.raises(ValueError, match="limit"):
         store.list_alerts(limit=-1)
+
+
+def test_a_frames_dead_letter_is_stored_once_per_step_and_reason(store: SqliteRecordStore) -> None:
+    """A replay after a restart meets the same bad frame again: it is not counted twice."""
+    first = DeadLetter.model_validate(DEAD_LETTER_EXAMPLE | {"reason": "undecodable: PNG truncated"})
+    again = first.model_copy(
+        update={"failed_at": first.failed_at + _s(60), "reason": "undecodable: other words"}
+    )
+    other_step = first.model_copy(update={"source": "inspect"})
+    no_frame = first.model_copy(update={"frame_id": None, "source": "process"})
+    assert store.add_dead_letter(first) is True
+    assert store.add_dead_letter(again) is False  # same frame, step and reason code
+    assert store.add_dead_letter(other_step) is True
+    assert store.add_dead_letter(no_frame) is True and store.add_dead_letter(no_frame) is True
+    assert store.list_dead_letters() == [no_frame, no_frame, other_step, first]
+
+
+def test_a_version_1_database_is_upgraded_and_keeps_its_dead_letters(db_path: Path) -> None:
+    letter = DeadLetter.model_validate(DEAD_LETTER_EXAMPLE)
+    with sqlite3.connect(db_path) as db:  # the layout version 1 wrote
+        for statement in sql.CREATE_TABLES:
+            db.execute(statement)
+        db.execute(
+            "INSERT INTO dead_letters (failed_at_us, source, frame_id, record) VALUES (?, ?, ?, ?)",
+            (sql.to_us(letter.failed_at), letter.source, letter.frame_id, letter.model_dump_json()),
+        )
+        db.execute("PRAGMA user_version = 1")
+    with SqliteRecordStore(db_path) as store:
+        assert store.list_dead_letters() == [letter]
+        assert store.add_dead_letter(letter) is True  # the old row has no key: kept, and this one too
+        assert store.add_dead_letter(letter) is False
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
