@@ -7,12 +7,13 @@ frame id, with the line's process samples (one a second) from memory too. The pr
 set size (``VmRSS`` in /proc/self/status) is sampled before the line starts and then every
 ``--every`` stored records.
 
-Reported: RSS growth over the first quarter of the frames (start to 25 %: warming up, caches,
-allocator arenas) against the last quarter (75 % to the end), the last quarter's growth per 1,000
-frames, and the verdict: flat when the last quarter grew by at most ``--flat-mb`` MB. Plus the
-throughput and latency of the whole run and the size of the stores.
+Reported: RSS growth over the first quarter of the frames (from before the line started to 25 %:
+threads, caches, allocator arenas) against the last quarter (75 % to the last sample while the line
+runs), the last quarter's growth per 1,000 frames, a least-squares slope over the second half, and
+the verdict: flat when the last quarter grew by at most ``--flat-mb`` MB. Plus the RSS once the line
+has ended, the throughput and latency of the whole run and the size of the stores.
 
-    .venv/bin/python benchmarks/line_soak.py --model /tmp/m          # ~10 minutes on 2 cores
+    .venv/bin/python benchmarks/line_soak.py --model /tmp/m          # ~2-5 minutes on 2 cores
     .venv/bin/python benchmarks/line_soak.py --frames 2000 --model /tmp/m
 
 Prints a table and writes benchmarks/results/line_soak.json.
@@ -31,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from line_throughput import (
     FRAME_PERIOD_S,
@@ -70,7 +72,8 @@ class RssSampler:
 
     def __init__(self, line: Line, every: int, total: int, poll_s: float = 0.02) -> None:
         self.line, self.every, self.total, self.poll_s = line, every, total, poll_s
-        self.samples = [Sample(0, 0.0, rss_mb())]
+        self.samples = [Sample(0, 0.0, rss_mb())]  # before the line starts, then while it runs
+        self.after: Sample | None = None  # once the line has ended (its threads gone)
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self._started = time.perf_counter()
@@ -83,7 +86,7 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._done.set()
         self._thread.join()
-        self.samples.append(Sample(self.line.summary.inspected, self._elapsed(), rss_mb()))
+        self.after = Sample(self.line.summary.inspected, self._elapsed(), rss_mb())
 
     def _elapsed(self) -> float:
         return time.perf_counter() - self._started
@@ -103,6 +106,15 @@ class RssSampler:
 def rss_at(samples: list[Sample], frames: float) -> Sample:
     """The sample taken closest to ``frames`` stored records."""
     return min(samples, key=lambda s: abs(s.frames - frames))
+
+
+def slope_mb_per_1000(samples: list[Sample]) -> float:
+    """The least-squares growth of RSS, in MB per 1,000 frames, over ``samples``."""
+    if len(samples) < 2:
+        return 0.0
+    frames = np.array([s.frames for s in samples], dtype=float)
+    rss = np.array([s.rss_mb for s in samples])
+    return float(1000 * np.polyfit(frames, rss, 1)[0])
 
 
 def disk_mb(path: Path) -> float:
@@ -151,16 +163,19 @@ def main(argv: list[str] | None = None) -> int:
     if stored != args.frames or summary.frame_dead_letters:
         raise RuntimeError(f"stored {stored} of {args.frames} frames; dead letters {summary.dead_letters}")
 
-    samples = sampler.samples
+    samples, after = sampler.samples, sampler.after
     start, q1 = samples[0], rss_at(samples, args.frames / 4)
     q3, end = rss_at(samples, 3 * args.frames / 4), samples[-1]
     last_growth = end.rss_mb - q3.rss_mb
     per_1000 = 1000 * last_growth / max(1, end.frames - q3.frames)
+    second_half = slope_mb_per_1000([s for s in samples if s.frames >= args.frames / 2])
     flat = last_growth <= args.flat_mb
-    print_table(
-        [{"frames": s.frames, "seconds": round(s.seconds, 1), "rss_mb": round(s.rss_mb, 1)} for s in samples],
-        ["frames", "seconds", "rss_mb"],
-    )
+    rows: list[dict[str, Any]] = [
+        {"frames": s.frames, "seconds": round(s.seconds, 1), "rss_mb": round(s.rss_mb, 1)} for s in samples
+    ]
+    if after is not None:
+        rows.append({"frames": "ended", "seconds": round(after.seconds, 1), "rss_mb": round(after.rss_mb, 1)})
+    print_table(rows, ["frames", "seconds", "rss_mb"])
     summary_row = {
         "frames": stored,
         "seconds": round(summary.wall_s, 1),
@@ -177,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_table([summary_row], list(summary_row))
     print(
-        f"\nlast quarter: {last_growth:+.1f} MB ({per_1000:+.2f} MB per 1,000 frames); "
-        f"first quarter: {q1.rss_mb - start.rss_mb:+.1f} MB -> memory {'flat' if flat else 'GROWING'} "
+        f"\nfirst quarter: {q1.rss_mb - start.rss_mb:+.1f} MB (from before the line started); "
+        f"last quarter: {last_growth:+.1f} MB ({per_1000:+.2f} MB per 1,000 frames; fitted over the "
+        f"second half: {second_half:+.2f}) -> memory {'flat' if flat else 'GROWING'} "
         f"(flat: at most {args.flat_mb} MB in the last quarter)"
     )
     result: dict[str, Any] = {
@@ -204,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             "growth_mb": round(last_growth, 2),
             "mb_per_1000_frames": round(per_1000, 3),
         },
+        "second_half_fit_mb_per_1000_frames": round(second_half, 3),
+        "after_run": asdict(after) if after is not None else None,
         "flat_mb": args.flat_mb,
         "flat": flat,
         "samples": [asdict(s) for s in samples],

@@ -5,17 +5,20 @@ Definitions (the same frames, the same model, the same batch size, ``torch.set_n
 - frames: ``--frames`` parts of the synthetic moulding line (``SyntheticLine``, ``--size`` pixels),
   rendered and PNG-encoded in memory before anything is timed (rendering is the source's cost, not
   the line's), with the process samples of the same line (one a second) in memory too.
-- bare detector: one loop over those frames in batches of ``max_batch`` (the line's batch size):
-  decode the PNG, ``Inspector.preprocess``, ``Inspector.score_batch``, ``Inspector.interpret``.
-  Nothing stored. Latency is the time of the batch a frame was in.
+- bare detector: those frames in batches of ``max_batch`` (the line's batch size): decode the PNG,
+  ``Inspector.preprocess``, ``Inspector.score_batch``, ``Inspector.interpret``. Nothing stored.
+  Measured two ways, and the faster one each round is the reference: ``bare`` is one loop with all
+  the torch threads; ``bare-split`` is as many worker threads as the line runs detectors, with
+  the line's torch threads each, taking batches in turn (the same split of the cores the line
+  uses, without any of its other work). Latency is the time of the batch a frame was in.
 - line: the embedded runtime (``services.stream.runtime.Line``, default options) from an in-memory
   frame source to stored records: claim check into a file blob store, decode, process join,
   detection in batches, defects, heat maps stored, records upserted into SQLite (WAL), all on a fresh
   store per round. The source hands frames over as fast as the line takes them. Latency is the
   line's own: a frame read off its source to its record stored.
-- rounds: each round runs the bare detector, then the line, back to back; a round counts only when
+- rounds: each round runs both bare detectors, then the line, back to back; a round counts only when
   other processes used at most ``--max-others`` of the CPUs meanwhile (this is a shared machine).
-- ratio: the median over the rounds of line frames/s over bare frames/s in the same round; the
+- ratio: the median over the rounds of line frames/s over the faster bare frames/s in the round; the
   frames/s shown are medians, the latency percentiles are over every frame of the rounds counted.
 
     .venv/bin/python benchmarks/line_throughput.py                 # 600 frames, train a detector
@@ -34,6 +37,7 @@ import platform
 import resource
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -53,7 +57,7 @@ from services.ingest.ports import CapturedFrame
 from services.ingest.synthetic import DEFAULT_START, ProcessState, SyntheticLine, write_dataset
 from services.storage.file_blob_store import FileBlobStore
 from services.storage.sqlite_record_store import SqliteRecordStore
-from services.stream.runtime import Line, LineOptions
+from services.stream.runtime import Line, LineOptions, detector_plan, set_torch_threads
 from services.stream.steps import encode_frame
 from services.stream.summary import LineSummary
 from services.vision.artifact import CARD_FILE
@@ -269,6 +273,41 @@ def run_bare(inspector: Inspector, rendered: Rendered, count: int, batch: int) -
     return Run("bare", len(captured), meter.seconds, meter.cpu, meter.others_share, latencies)
 
 
+def run_bare_split(
+    inspector: Inspector, rendered: Rendered, count: int, batch: int, plan: tuple[int, int]
+) -> Run:
+    """The same work as :func:`run_bare`, by ``plan[0]`` worker threads with ``plan[1]`` torch threads
+    each, taking batches in turn."""
+    workers, threads_each = plan
+    source = MemoryFrameSource(rendered, count, tag="bare")
+    captured = [c for c in source.frames() if isinstance(c, CapturedFrame)]
+    chunks = iter([captured[at : at + batch] for at in range(0, len(captured), batch)])
+    lock = threading.Lock()
+    latencies: list[float] = []
+
+    def work() -> None:
+        set_torch_threads(threads_each)
+        while True:
+            with lock:
+                chunk = next(chunks, None)
+            if chunk is None:
+                return
+            batch_start = time.perf_counter()
+            images = [decode_image(item.data or b"", item.source_ref) for item in chunk]
+            raw = inspector.score_batch(inspector.preprocess(images))
+            inspector.interpret(raw, [(image.shape[0], image.shape[1]) for image in images])
+            with lock:
+                latencies.extend([(time.perf_counter() - batch_start) * 1000.0] * len(chunk))
+
+    with Meter() as meter:
+        threads = [threading.Thread(target=work, name=f"bare-{i}") for i in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return Run("bare-split", len(captured), meter.seconds, meter.cpu, meter.others_share, latencies)
+
+
 def run_line(
     inspector: Inspector, rendered: Rendered, count: int, options: LineOptions, work: Path
 ) -> tuple[Run, Line]:
@@ -350,6 +389,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--detectors", type=int, help="LineOptions.detectors (default: the line's)")
+    parser.add_argument(
+        "--detector-threads", type=int, help="LineOptions.detector_threads (default: the line's)"
+    )
     parser.add_argument("--work", type=Path, help="where the stores go (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=RESULTS / "line_throughput.json")
     return parser.parse_args(argv)
@@ -375,8 +418,10 @@ def summarise(runs: list[Run], kind: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    options = LineOptions()
-    rounds: list[tuple[Run, Run]] = []
+    options = LineOptions(detectors=args.detectors, detector_threads=args.detector_threads)
+    plan = detector_plan(options, args.threads)
+    print(f"line: {plan[0]} detector thread(s) with {plan[1]} torch thread(s) each; bare: {args.threads}")
+    rounds: list[tuple[Run, Run, Run]] = []
     steps: list[dict[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory(prefix="line-throughput-", dir=args.work) as tmp:
         work = Path(tmp)
@@ -384,36 +429,43 @@ def main(argv: list[str] | None = None) -> int:
         rendered = render(args.frames, args.seed, args.size)
         warm_up(inspector, rendered, options.max_batch)
         for round_ in range(args.rounds):
-            bare = run_bare(inspector, rendered, args.frames, options.max_batch)
+            bare_one = run_bare(inspector, rendered, args.frames, options.max_batch)
+            bare_split = run_bare_split(inspector, rendered, args.frames, options.max_batch, plan)
             line_run, line = run_line(inspector, rendered, args.frames, options, work / f"line-{round_}")
-            rounds.append((bare, line_run))
+            rounds.append((bare_one, bare_split, line_run))
             steps.append(step_means_ms(line))
             print(
-                f"round {round_ + 1}: bare {bare.fps:.1f} frames/s, line {line_run.fps:.1f} frames/s "
-                f"(other processes: {100 * bare.others_share:.0f} %, {100 * line_run.others_share:.0f} %)",
+                f"round {round_ + 1}: bare {bare_one.fps:.1f}, bare-split {bare_split.fps:.1f}, "
+                f"line {line_run.fps:.1f} frames/s (other processes: "
+                f"{', '.join(f'{100 * r.others_share:.0f} %' for r in rounds[-1])})",
                 flush=True,
             )
-    quiet = [i for i, pair in enumerate(rounds) if max(r.others_share for r in pair) <= args.max_others]
+    quiet = [i for i, trio in enumerate(rounds) if max(r.others_share for r in trio) <= args.max_others]
     used = quiet or list(range(len(rounds)))
     if not quiet:
         print(f"WARNING: other processes used more than {args.max_others:.0%} of the CPUs in every round")
     runs = [run for i in used for run in rounds[i]]
-    ratios = [rounds[i][1].fps / rounds[i][0].fps for i in used]
+    ratios = [line_run.fps / max(one.fps, split.fps) for one, split, line_run in (rounds[i] for i in used)]
     ratio = float(np.median(ratios))
     table = [
-        {"round": i + 1, **run.row(), "ratio": round(line_run.fps / bare.fps, 3) if run is line_run else ""}
-        for i, (bare, line_run) in enumerate(rounds)
-        for run in (bare, line_run)
+        {
+            "round": i + 1,
+            **run.row(),
+            "ratio": round(line_run.fps / max(one.fps, split.fps), 3) if run is line_run else "",
+        }
+        for i, (one, split, line_run) in enumerate(rounds)
+        for run in (one, split, line_run)
     ]
     print()
     columns = ["round", "kind", "frames", "seconds", "fps", "ratio", "cpu_ms_per_frame", "others_pct"]
     print_table(table, [*columns, "p50_ms", "p99_ms"])
-    bare_summary, line_summary = summarise(runs, "bare"), summarise(runs, "line") | {"ratio": round(ratio, 3)}
+    bare_summary, split_summary = summarise(runs, "bare"), summarise(runs, "bare-split")
+    line_summary = summarise(runs, "line") | {"ratio": round(ratio, 3)}
     print(
         f"\nover {len(used)} of {len(rounds)} rounds (median frames/s; ratio: median of the rounds' ratios):"
     )
     print_table(
-        [bare_summary, line_summary],
+        [bare_summary, split_summary, line_summary],
         ["kind", "frames", "seconds", "fps", "best_fps", "ratio", "cpu_ms_per_frame", "p50_ms", "p99_ms"],
     )
     mean_steps = {
@@ -439,8 +491,10 @@ def main(argv: list[str] | None = None) -> int:
             "model": str(args.model or model_dir),
             "train_parts": args.train_parts,
             "line": asdict(options) | {"cameras": None},
+            "detectors": dict(zip(("detectors", "torch_threads_each"), plan, strict=True)),
         },
         "bare": bare_summary,
+        "bare_split": split_summary,
         "line": line_summary,
         "ratio": round(ratio, 4),
         "target": TARGET,

@@ -24,9 +24,9 @@ HEATMAP_BLOB_EXAMPLE: JsonDict = {
     "schema_version": 1,
     "uri": "file:///var/linewatch/blobs/1d/70/1d7035dd7fd6a3aa413e06858073febd62ab28b22652dce388ebfbf398797631.png",
     "sha256": "1d7035dd7fd6a3aa413e06858073febd62ab28b22652dce388ebfbf398797631",
-    "size_bytes": 48211,
-    "width": 256,
-    "height": 256,
+    "size_bytes": 3912,
+    "width": 128,
+    "height": 107,
     "encoding": "png",
 }
 

@@ -5,7 +5,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field
 from pydantic.config import JsonDict
 
-from schemas.blob import HEATMAP_BLOB_EXAMPLE, BlobRef
+from schemas.blob import FRAME_BLOB_EXAMPLE, HEATMAP_BLOB_EXAMPLE, BlobRef
 from schemas.common import FiniteFloat, Name, Record, UtcDatetime
 from schemas.defect import DEFECT_EXAMPLE, Defect
 from schemas.ids import Uuid7Str
@@ -31,6 +31,7 @@ INSPECTION_EXAMPLE: JsonDict = {
     "score": 0.82,
     "verdict": "NG",
     "defects": [DEFECT_EXAMPLE],
+    "image": FRAME_BLOB_EXAMPLE,
     "heatmap": HEATMAP_BLOB_EXAMPLE,
     "embedding": [0.12, -0.53, 0.08, 0.91],
     "process": PROCESS_SNAPSHOT_EXAMPLE,
@@ -58,7 +59,17 @@ class Inspection(Record):
     score: float = Field(ge=0, le=1, description=f"Normalised score; anomalous at >= {SCORE_THRESHOLD}")
     verdict: Verdict
     defects: list[Defect] = Field(default_factory=list)
-    heatmap: BlobRef | None = None
+    image: BlobRef | None = Field(
+        default=None,
+        description="The raw frame (claim check); gone from the blob store when frames are not kept",
+    )
+    heatmap: BlobRef | None = Field(
+        default=None,
+        description=(
+            "The normalised anomaly map: an 8-bit grayscale PNG (0..255 for scores 0..1) aligned with "
+            "the whole frame, at most 128 pixels on its longer side; holds none of the frame's pixels"
+        ),
+    )
     embedding: list[FiniteFloat] = Field(default_factory=list, description="Image-level feature vector")
     process: ProcessSnapshot
     timings_ms: dict[str, float] = Field(default_factory=dict, description="Step name → milliseconds")

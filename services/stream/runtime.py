@@ -1,27 +1,33 @@
 """The embedded runtime: one process runs the whole line, with bounded asyncio queues between steps.
 
-    sources ─► ingest ─► decode + join ─► detect (batches) ─► store
-               (checks,      (frame bytes,    (inspect_batch:     (upsert by frame_id,
-               claim check)  as-of process)   defects, heat map)  retention)
+    sources ─► ingest ──────────► join ──────────► detect (batches) ─► finish ───► store
+               (checks, claim     (as-of process)   (preprocess, score:  (defects,    (upsert by
+               check, decode)                       detector threads)    heat maps)   frame_id)
 
 Every queue is bounded, so a slow detector holds the sources back (back pressure) instead of
 piling frames up in memory. Blocking work (reading sources, decoding, inference, the stores) runs in
-worker threads, so the loop stays free to move frames along. :meth:`Line.stop` stops reading the
-sources and lets every frame already read go through to the store (a graceful drain). Bad input
-becomes a dead letter with a reason and the line goes on; a full disk stops the line cleanly.
+worker threads, one call per frame, batch or group of records, so the loop stays free to move frames
+along; one batch's heat maps are stored while the next batch is detected, and the records waiting
+are stored together. :meth:`Line.stop` stops
+reading the sources and lets every frame already read go through to the store (a graceful drain).
+Bad input becomes a dead letter with a reason and the line goes on; a full disk stops the line
+cleanly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import numpy as np
+import torch
 
 from schemas.dead_letter import DeadLetter
 from schemas.frame import Frame
@@ -35,7 +41,14 @@ from services.stream.metrics import LineMetrics
 from services.stream.process_feed import ProcessFeed
 from services.stream.process_join import ProcessHistory, check_capture_time
 from services.stream.rejects import reason_code, reject
-from services.stream.steps import decode, elapsed_ms, inspect_batch
+from services.stream.steps import (
+    MISSING_PROCESS,
+    Detected,
+    decode,
+    detect_batch,
+    elapsed_ms,
+    finish_batch,
+)
 from services.stream.summary import LineSummary
 from services.vision.images import DEFAULT_MAX_MEGAPIXELS
 from services.vision.inspector import Inspector
@@ -45,6 +58,7 @@ log = logging.getLogger(__name__)
 MIB: Final = 1024 * 1024
 END: Final = None  # put on a queue after the last item
 BATCH_STEPS: Final = ("preprocess", "infer")
+MAX_STORE_GROUP: Final = 64  # records stored in one go (one worker-thread call) at most
 
 
 @dataclass(frozen=True)
@@ -59,14 +73,40 @@ class LineOptions:
     max_frame_bytes: int = 64 * MIB
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
     skip_stored: bool = False  # resume: skip frames whose record is already stored
+    # Batches scored at the same time, each by its own detector thread with ``detector_threads`` torch
+    # threads. None: two detectors (one if torch has one thread), sharing the torch threads of the
+    # caller. Two small thread teams keep the cores busier than one large one: each runs its serial
+    # parts (Python, kNN, defects) while the other computes, and the line's own work interrupts a
+    # team of one thread less than one of all threads.
+    detectors: int | None = None
+    detector_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.queue_size < 1:  # a queue of size 0 would be unbounded
             raise ValueError(
                 f"max_batch and queue_size must be at least 1, got {self.max_batch}, {self.queue_size}"
             )
+        if (self.detectors is not None and self.detectors < 1) or (
+            self.detector_threads is not None and self.detector_threads < 1
+        ):
+            raise ValueError(
+                f"detectors and detector_threads must be at least 1, got {self.detectors}, "
+                f"{self.detector_threads}"
+            )
         if self.max_wait_ms < 0 or self.max_frame_bytes < 1:
             raise ValueError("max_wait_ms must be >= 0 and max_frame_bytes >= 1")
+
+
+def detector_plan(options: LineOptions, torch_threads: int) -> tuple[int, int]:
+    """How many detector threads the line runs, and how many torch threads each of them uses."""
+    detectors = options.detectors or min(2, max(1, torch_threads))
+    return detectors, options.detector_threads or max(1, torch_threads // detectors)
+
+
+def set_torch_threads(threads: int) -> None:
+    """Give the calling thread ``threads`` torch threads, whatever the default is set to later."""
+    torch.get_num_threads()  # torch sets a thread's count to the default on its first use: do that now
+    torch.set_num_threads(threads)
 
 
 @dataclass(eq=False)
@@ -75,10 +115,29 @@ class InFlight:
 
     frame: Frame
     entered: float  # time.perf_counter() when it was read off its source
-    data: bytes | None = None  # encoded bytes, until decoded
-    image: np.ndarray | None = None
+    image: np.ndarray | None = None  # decoded RGB
     process: ProcessSnapshot | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Taken:
+    """What reading one frame off a source came to: a frame on its way, or a dead letter, or neither."""
+
+    camera_id: str | None = None  # the frame's camera (None: the source gave a dead letter)
+    item: InFlight | None = None
+    letter: DeadLetter | None = None
+    skipped: bool = False  # already stored (resume)
+    full: BlobStoreFull | None = None  # the blob store is full: the line stops
+
+
+@dataclass(eq=False)
+class DetectedBatch:
+    """Frames of one recipe scored together, on their way to becoming records."""
+
+    recipe: str
+    items: list[InFlight]
+    detected: Detected
 
 
 class Line:
@@ -103,6 +162,7 @@ class Line:
         self.running = False
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._detectors: list[ThreadPoolExecutor] = []
 
     def stop(self, reason: str | None = None) -> None:
         """Stop reading the sources and drain; safe to call from any thread or a signal handler."""
@@ -121,21 +181,41 @@ class Line:
         """Run until the sources end or :meth:`stop` is called and every frame read is dealt with."""
         self._loop = asyncio.get_running_loop()
         size = self.options.queue_size
-        to_decode: asyncio.Queue[InFlight | None] = asyncio.Queue(size)
+        to_join: asyncio.Queue[InFlight | None] = asyncio.Queue(size)
         to_detect: asyncio.Queue[InFlight | None] = asyncio.Queue(size)
+        to_finish: asyncio.Queue[DetectedBatch | None] = asyncio.Queue(1)  # one scored batch waits
         to_store: asyncio.Queue[tuple[InFlight, Inspection] | None] = asyncio.Queue(size)
-        for name, queue in (("decode", to_decode), ("detect", to_detect), ("store", to_store)):
+        queues: dict[str, asyncio.Queue[Any]] = {
+            "join": to_join,
+            "detect": to_detect,
+            "finish": to_finish,
+            "store": to_store,
+        }
+        for name, queue in queues.items():
             self.metrics.watch_queue(name, queue)
         feed = ProcessFeed(self.process_sources, self.history, self._dead_letter, self._sample_joined)
         started, self.running = time.perf_counter(), True
+        # Each detector is one long-lived thread (one warm OpenMP team) that sets its own torch thread
+        # count: OpenMP keeps the count per calling thread, so a fresh thread would not have the caller's.
+        caller_threads = torch.get_num_threads()
+        detectors, threads = detector_plan(self.options, caller_threads)
+        self._detectors = [
+            ThreadPoolExecutor(1, f"linewatch-detector-{i}", set_torch_threads, (threads,))
+            for i in range(detectors)
+        ]
         try:
+            await asyncio.gather(*(self._loop.run_in_executor(d, int) for d in self._detectors))
+            torch.set_num_threads(caller_threads)  # (setting it in a detector thread set the default too)
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._ingest_all(to_decode))
-                tasks.create_task(self._decode_and_join(to_decode, to_detect, feed))
-                tasks.create_task(self._detect(to_detect, to_store))
+                tasks.create_task(self._ingest_all(to_join))
+                tasks.create_task(self._join(to_join, to_detect, feed))
+                tasks.create_task(self._detect(to_detect, to_finish))
+                tasks.create_task(self._finish(to_finish, to_store))
                 tasks.create_task(self._store(to_store))
         finally:
             feed.close()
+            for detector in self._detectors:
+                detector.shutdown(wait=False, cancel_futures=True)
             self.running = False
             self.summary.wall_s = time.perf_counter() - started
         return self.summary
@@ -151,69 +231,73 @@ class Line:
         try:
             while not self._stopping.is_set():
                 try:
-                    captured = await asyncio.to_thread(next, frames, None)
+                    taken = await asyncio.to_thread(self._take, frames)
                 except Exception as err:  # a broken source ends; the frames already read still go through
                     log.exception("frame source %s failed and is closed", source.name)
                     self.stop(f"frame source {source.name} failed: {type(err).__name__}: {err}")
                     return
-                if captured is None:
+                if taken is None:
                     return
                 self.summary.frames_in += 1
-                if isinstance(captured, DeadLetter):
-                    await self._dead_letter(captured, frame=True)
-                    continue
-                self.metrics.frames_in.labels(captured.camera_id).inc()
-                item = await self._admit(captured)
-                if isinstance(item, DeadLetter):
-                    await self._dead_letter(item, frame=True)
-                elif item is not None:
-                    await out.put(item)  # waits while the line is full: back pressure on the source
+                if taken.camera_id is not None:
+                    self.metrics.frames_in.labels(taken.camera_id).inc()
+                if taken.full is not None:
+                    log.error("blob store is full, stopping the line: %s", taken.full)
+                    self.stop(f"blob store full: {taken.full}")
+                self.summary.skipped += taken.skipped
+                if taken.letter is not None:
+                    await self._dead_letter(taken.letter, frame=True)
+                elif taken.item is not None:
+                    await out.put(taken.item)  # waits while the line is full: back pressure on the source
         finally:
             source.close()
 
-    async def _admit(self, captured: CapturedFrame) -> InFlight | DeadLetter | None:
-        """Check a frame and store its bytes (the claim check); None when it is already stored."""
-        entered, opts = time.perf_counter(), self.options
-        refused = admission_check(captured, opts.cameras, self.inspectors.keys())
-        if refused is not None:
-            return refused
-        if opts.skip_stored and await asyncio.to_thread(self._already_stored, captured.frame_id):
-            self.summary.skipped += 1
+    def _take(self, frames: Iterator[CapturedFrame | DeadLetter]) -> Taken | None:
+        """Read the next frame off a source, check it, store its bytes (the claim check) and decode it,
+        in one worker-thread call; None when the source has ended."""
+        captured = next(frames, None)
+        if captured is None:
             return None
+        if isinstance(captured, DeadLetter):
+            return Taken(letter=captured)
+        entered, opts, taken = time.perf_counter(), self.options, Taken(camera_id=captured.camera_id)
+        taken.letter = admission_check(captured, opts.cameras, self.inspectors.keys())
+        if taken.letter is not None:
+            return taken
+        if opts.skip_stored and self.records.get_inspection(captured.frame_id) is not None:
+            taken.skipped = True
+            return taken
         try:
-            frame = await asyncio.to_thread(claim_check, captured, self.blobs, opts.max_frame_bytes)
+            frame = claim_check(captured, self.blobs, opts.max_frame_bytes)
         except BlobStoreFull as err:
-            log.error("blob store is full, stopping the line: %s", err)
-            self.stop(f"blob store full: {err}")
-            return reject("ingest", "blob_store_full", str(err), captured.source_ref, captured.frame_id)
+            taken.full = err
+            frame = reject("ingest", "blob_store_full", str(err), captured.source_ref, captured.frame_id)
         if isinstance(frame, DeadLetter):
-            return frame
-        future = check_capture_time(frame, datetime.now(UTC), opts.clock_skew_s)
-        if future is not None:
-            return future
-        item = InFlight(frame, entered, data=captured.data, image=captured.image)
+            taken.letter = frame
+            return taken
+        taken.letter = check_capture_time(frame, datetime.now(UTC), opts.clock_skew_s)
+        if taken.letter is not None:
+            return taken
+        item = InFlight(frame, entered, image=captured.image)
         item.timings_ms["ingest"] = elapsed_ms(entered)
-        return item
+        if item.image is None:
+            assert captured.data is not None  # a captured frame holds one of the two
+            start = time.perf_counter()
+            image = decode(frame, captured.data, opts.max_megapixels)
+            item.timings_ms["decode"] = elapsed_ms(start)
+            if isinstance(image, DeadLetter):
+                taken.letter = image
+                return taken
+            item.image = image
+        taken.item = item
+        return taken
 
-    def _already_stored(self, frame_id: str) -> bool:
-        return self.records.get_inspection(frame_id) is not None
+    # -------------------------------------------------------------------------------------- join
 
-    # ------------------------------------------------------------------------------- decode + join
-
-    async def _decode_and_join(
+    async def _join(
         self, inbox: asyncio.Queue[InFlight | None], out: asyncio.Queue[InFlight | None], feed: ProcessFeed
     ) -> None:
         while (item := await inbox.get()) is not END:
-            if item.image is None:
-                assert item.data is not None
-                start = time.perf_counter()
-                image = await asyncio.to_thread(decode, item.frame, item.data, self.options.max_megapixels)
-                item.timings_ms["decode"] = elapsed_ms(start)
-                if isinstance(image, DeadLetter):
-                    await self._dead_letter(image, frame=True)
-                    continue
-                item.image = image
-            item.data = None
             start = time.perf_counter()
             await feed.advance_to(item.frame.captured_at)
             item.process = self.history.snapshot(item.frame.line_id, item.frame.captured_at)
@@ -232,18 +316,36 @@ class Line:
         deadline = time.monotonic() + self.options.max_wait_ms / 1000.0
         while len(batch) < self.options.max_batch:
             timeout = deadline - time.monotonic()
-            try:
-                item = inbox.get_nowait() if timeout <= 0 else await asyncio.wait_for(inbox.get(), timeout)
-            except (asyncio.QueueEmpty, TimeoutError):
+            if not inbox.empty():  # a frame already waiting is taken at once, without a timer
+                item = inbox.get_nowait()
+            elif timeout <= 0:
                 break
+            else:
+                try:
+                    item = await asyncio.wait_for(inbox.get(), timeout)
+                except TimeoutError:
+                    break
             if item is END:
                 return batch, True
             batch.append(item)
         return batch, False
 
     async def _detect(
-        self, inbox: asyncio.Queue[InFlight | None], out: asyncio.Queue[tuple[InFlight, Inspection] | None]
+        self, inbox: asyncio.Queue[InFlight | None], out: asyncio.Queue[DetectedBatch | None]
     ) -> None:
+        async with asyncio.TaskGroup() as detectors:
+            for detector in self._detectors:
+                detectors.create_task(self._detect_with(detector, inbox, out))
+        inbox.get_nowait()  # the end, put back by the last detector to see it
+        await out.put(END)
+
+    async def _detect_with(
+        self,
+        detector: ThreadPoolExecutor,
+        inbox: asyncio.Queue[InFlight | None],
+        out: asyncio.Queue[DetectedBatch | None],
+    ) -> None:
+        """Take batches off ``inbox`` and score them with ``detector`` until the end of the frames."""
         ended = False
         while not ended:
             batch, ended = await self._next_batch(inbox)
@@ -251,67 +353,126 @@ class Line:
             for item in batch:
                 by_recipe.setdefault(item.frame.recipe, []).append(item)
             for recipe, items in by_recipe.items():
-                for item, inspection in zip(items, await self._inspect(recipe, items), strict=False):
-                    await out.put((item, inspection))
+                detected = await self._run_detector(detector, recipe, items)
+                if detected is not None:
+                    await out.put(DetectedBatch(recipe, items, detected))
+        inbox.put_nowait(END)  # (the end was taken off the queue: put it back for the other detectors)
+
+    async def _run_detector(
+        self, detector: ThreadPoolExecutor, recipe: str, items: list[InFlight]
+    ) -> Detected | None:
+        """One recipe's frames scored as a batch; on failure they are dead-lettered and None returned."""
+        images: list[Any] = [item.image for item in items]
+        try:
+            detect = functools.partial(detect_batch, self.inspectors[recipe], images)
+            detected = await asyncio.get_running_loop().run_in_executor(detector, detect)
+        except Exception as err:  # a worker never dies on one batch; the frames are kept as dead letters
+            log.exception("detecting a batch of %d frames failed", len(items))
+            await self._inspect_failed(items, "inspect_error", f"{type(err).__name__}: {err}")
+            return None
+        self.metrics.batch_size.observe(len(items))
+        for step in BATCH_STEPS:
+            self.metrics.step_seconds.labels(step).observe(detected.timings_ms.get(step, 0.0) / 1000)
+        return detected
+
+    # ------------------------------------------------------------------------------------- finish
+
+    async def _finish(
+        self,
+        inbox: asyncio.Queue[DetectedBatch | None],
+        out: asyncio.Queue[tuple[InFlight, Inspection] | None],
+    ) -> None:
+        while (job := await inbox.get()) is not END:
+            for item, inspection in zip(job.items, await self._records(job), strict=False):
+                await out.put((item, inspection))
         await out.put(END)
 
-    async def _inspect(self, recipe: str, items: list[InFlight]) -> list[Inspection]:
-        """The records of one recipe's frames; on failure every frame is dead-lettered and [] returned."""
-        frames = [item.frame for item in items]
-        images: list[Any] = [item.image for item in items]
-        process = [item.process or ProcessSnapshot(status="missing") for item in items]
-        timings = [item.timings_ms for item in items]
+    async def _records(self, job: DetectedBatch) -> list[Inspection]:
+        """The records of a detected batch; on failure every frame is dead-lettered and [] returned."""
+        items = job.items
+        images: list[Any] = [item.image for item in items]  # every one decoded before detection
         try:
-            inspections = await asyncio.to_thread(
-                inspect_batch,
-                self.inspectors[recipe],
-                frames,
+            return await asyncio.to_thread(
+                finish_batch,
+                self.inspectors[job.recipe],
+                [item.frame for item in items],
                 images,
+                job.detected,
                 self.blobs,
-                process,
-                timings_ms=timings,
+                [item.process or MISSING_PROCESS for item in items],
+                timings_ms=[item.timings_ms for item in items],
             )
         except BlobStoreFull as err:
             log.error("blob store is full, stopping the line: %s", err)
             self.stop(f"blob store full: {err}")
-            code, detail = "blob_store_full", str(err)
+            await self._inspect_failed(items, "blob_store_full", str(err))
         except Exception as err:  # a worker never dies on one batch; the frames are kept as dead letters
-            log.exception("inspecting a batch of %d frames failed", len(items))
-            code, detail = "inspect_error", f"{type(err).__name__}: {err}"
-        else:
-            self.metrics.batch_size.observe(len(items))
-            for step in BATCH_STEPS:
-                self.metrics.step_seconds.labels(step).observe(
-                    inspections[0].timings_ms.get(step, 0.0) / 1000
-                )
-            return inspections
-        for frame in frames:
+            log.exception("finishing a batch of %d frames failed", len(items))
+            await self._inspect_failed(items, "inspect_error", f"{type(err).__name__}: {err}")
+        return []
+
+    async def _inspect_failed(self, items: list[InFlight], code: str, detail: str) -> None:
+        for item in items:
+            frame = item.frame
             await self._dead_letter(
                 reject("inspect", code, detail, frame.image.uri, frame.frame_id), frame=True
             )
-        return []
 
     # -------------------------------------------------------------------------------------- store
 
     async def _store(self, inbox: asyncio.Queue[tuple[InFlight, Inspection] | None]) -> None:
-        while (pair := await inbox.get()) is not END:
-            item, inspection = pair
+        ended = False
+        while not ended:
+            group, ended = await self._next_group(inbox)
+            if not group:
+                continue
+            results = await asyncio.to_thread(self._store_group, group)
+            for (item, inspection), (error, store_ms) in zip(group, results, strict=True):
+                if error is None:
+                    self._stored(item, inspection, store_ms)
+                    continue
+                log.error(
+                    "storing the record of frame %s failed, stopping the line: %s", inspection.frame_id, error
+                )
+                self.stop(f"record store failed: {type(error).__name__}: {error}")
+                frame = item.frame
+                letter = reject("store", "store_error", str(error), frame.image.uri, frame.frame_id)
+                await self._dead_letter(letter, frame=True)
+
+    @staticmethod
+    async def _next_group(
+        inbox: asyncio.Queue[tuple[InFlight, Inspection] | None],
+    ) -> tuple[list[tuple[InFlight, Inspection]], bool]:
+        """The records waiting to be stored (at least one, at most MAX_STORE_GROUP); True at the end."""
+        first = await inbox.get()
+        if first is END:
+            return [], True
+        group = [first]
+        while len(group) < MAX_STORE_GROUP and not inbox.empty():
+            pair = inbox.get_nowait()
+            if pair is END:
+                return group, True
+            group.append(pair)
+        return group, False
+
+    def _store_group(self, group: list[tuple[InFlight, Inspection]]) -> list[tuple[Exception | None, float]]:
+        """Upsert each record (in a worker thread), then drop its frame blob when frames are not kept.
+
+        Returns, for each record, the error that kept it from being stored (None when stored) and the
+        milliseconds it took. A record that failed keeps its frame: the dead letter points at it.
+        """
+        results: list[tuple[Exception | None, float]] = []
+        for item, inspection in group:
             start = time.perf_counter()
             try:
-                await asyncio.to_thread(self.records.upsert_inspection, inspection)
+                self.records.upsert_inspection(inspection)
             except Exception as err:  # e.g. the disk under the record store is full: nothing was written
-                log.error(
-                    "storing the record of frame %s failed, stopping the line: %s", inspection.frame_id, err
-                )
-                self.stop(f"record store failed: {type(err).__name__}: {err}")
-                letter = reject("store", "store_error", str(err), item.frame.image.uri, item.frame.frame_id)
-                await self._dead_letter(letter, frame=True)
+                results.append((err, elapsed_ms(start)))
                 continue
-            heatmap_uri = inspection.heatmap.uri if inspection.heatmap else None
-            if not self.options.keep_frames and item.frame.image.uri != heatmap_uri:
-                # (a heat map with nothing warm on it is the frame itself: the same bytes, one blob)
-                await asyncio.to_thread(self._delete_frame, item.frame)
-            self._stored(item, inspection, elapsed_ms(start))
+            if not self.options.keep_frames:
+                self._delete_frame(item.frame)
+            results.append((None, elapsed_ms(start)))
+        return results
 
     def _delete_frame(self, frame: Frame) -> None:
         try:

@@ -11,6 +11,7 @@ import io
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import get_args
 
@@ -29,7 +30,7 @@ from services.stream.rejects import reject
 from services.vision.defects import DefectRegion
 from services.vision.images import DEFAULT_MAX_MEGAPIXELS, ImageError, decode_image
 from services.vision.inspector import Inspector, Prediction
-from services.vision.overlay import encode_png, render_overlay
+from services.vision.overlay import encode_heatmap, encode_png
 
 MISSING_PROCESS = ProcessSnapshot(status="missing")
 
@@ -105,12 +106,15 @@ def postprocess(prediction: Prediction) -> list[Defect]:
 
 
 def store_heatmap(
-    blobs: BlobStore, image: np.ndarray, prediction: Prediction, roi: tuple[int, int, int, int] | None
+    blobs: BlobStore,
+    prediction: Prediction,
+    frame_size: tuple[int, int],
+    roi: tuple[int, int, int, int] | None,
 ) -> BlobRef:
-    """Store the heat map (anomaly map over the frame, defects boxed) as a PNG; raises BlobStoreFull."""
-    overlay = render_overlay(image, prediction.anomaly_map, prediction.defects, roi)
-    height, width = overlay.shape[:2]
-    return blobs.put(encode_png(overlay), "png", width, height)
+    """Store the heat map (the normalised anomaly map as a small grayscale PNG aligned with the
+    frame of ``frame_size`` (height, width); see services/vision/overlay.py); raises BlobStoreFull."""
+    data, width, height = encode_heatmap(prediction.anomaly_map, frame_size, roi)
+    return blobs.put(data, "png", width, height)
 
 
 def build_inspection(
@@ -137,12 +141,59 @@ def build_inspection(
         score=float(np.clip(prediction.score, 0.0, 1.0)),
         verdict="NG" if prediction.verdict == "NG" else "OK",
         defects=defects,
+        image=frame.image,
         heatmap=heatmap,
         embedding=[float(v) for v in prediction.embedding],
         process=process,
         timings_ms={name: round(ms, 3) for name, ms in timings_ms.items()},
         inspected_at=datetime.now(UTC),
     )
+
+
+@dataclass(frozen=True)
+class Detected:
+    """A batch scored by the detector, not yet made into records."""
+
+    predictions: list[Prediction]
+    timings_ms: dict[str, float]  # the batch steps (preprocess, infer), each for the whole batch
+
+
+def detect_batch(inspector: Inspector, images: Sequence[np.ndarray]) -> Detected:
+    """Preprocess decoded frames and score them as one batch (the detector's part of inspecting)."""
+    start = time.perf_counter()
+    batch = preprocess(inspector, images)
+    preprocess_ms = elapsed_ms(start)
+    start = time.perf_counter()
+    predictions = detect(inspector, batch, [(image.shape[0], image.shape[1]) for image in images])
+    return Detected(predictions, {"preprocess": preprocess_ms, "infer": elapsed_ms(start)})
+
+
+def finish_batch(
+    inspector: Inspector,
+    frames: Sequence[Frame],
+    images: Sequence[np.ndarray],
+    detected: Detected,
+    blobs: BlobStore,
+    process: Sequence[ProcessSnapshot] | None = None,
+    *,
+    timings_ms: Sequence[Mapping[str, float]] | None = None,
+) -> list[Inspection]:
+    """The records of a detected batch: outline defects, store heat maps, build each record.
+
+    Raises ``BlobStoreFull`` when a heat map cannot be stored: no record is built then.
+    """
+    records = []
+    for i, (frame, image, prediction) in enumerate(zip(frames, images, detected.predictions, strict=True)):
+        start = time.perf_counter()
+        defects = postprocess(prediction)
+        postprocess_ms = elapsed_ms(start)
+        start = time.perf_counter()
+        heatmap = store_heatmap(blobs, prediction, image.shape[:2], inspector.card.roi)
+        timings = dict(timings_ms[i]) if timings_ms is not None else {}
+        timings |= detected.timings_ms | {"postprocess": postprocess_ms, "heatmap": elapsed_ms(start)}
+        snapshot = process[i] if process is not None else MISSING_PROCESS
+        records.append(build_inspection(frame, inspector, prediction, defects, heatmap, snapshot, timings))
+    return records
 
 
 def inspect_batch(
@@ -156,6 +207,8 @@ def inspect_batch(
 ) -> list[Inspection]:
     """Inspect decoded frames as one batch: detect, outline defects, store heat maps, build records.
 
+    :func:`detect_batch` then :func:`finish_batch`; the embedded runtime calls the two on their own,
+    so that one batch's heat maps are stored while the next batch is being detected.
     ``process`` holds the snapshot joined to each frame (``missing`` for all when None);
     ``timings_ms`` the times of earlier steps per frame (e.g. decode), merged into each record.
     Batch steps (preprocess, infer) record the time of the whole batch they ran in.
@@ -167,22 +220,5 @@ def inspect_batch(
         raise ValueError(f"{len(frames)} frames but {len(process)} process snapshots")
     if not frames:
         return []
-    start = time.perf_counter()
-    batch = preprocess(inspector, images)
-    preprocess_ms = elapsed_ms(start)
-    start = time.perf_counter()
-    predictions = detect(inspector, batch, [(image.shape[0], image.shape[1]) for image in images])
-    infer_ms = elapsed_ms(start)
-    records = []
-    for i, (frame, image, prediction) in enumerate(zip(frames, images, predictions, strict=True)):
-        start = time.perf_counter()
-        defects = postprocess(prediction)
-        postprocess_ms = elapsed_ms(start)
-        start = time.perf_counter()
-        heatmap = store_heatmap(blobs, image, prediction, inspector.card.roi)
-        timings = dict(timings_ms[i]) if timings_ms is not None else {}
-        timings |= {"preprocess": preprocess_ms, "infer": infer_ms, "postprocess": postprocess_ms}
-        timings["heatmap"] = elapsed_ms(start)
-        snapshot = process[i] if process is not None else MISSING_PROCESS
-        records.append(build_inspection(frame, inspector, prediction, defects, heatmap, snapshot, timings))
-    return records
+    detected = detect_batch(inspector, images)
+    return finish_batch(inspector, frames, images, detected, blobs, process, timings_ms=timings_ms)

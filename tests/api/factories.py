@@ -11,28 +11,38 @@ from schemas.ids import new_frame_id, new_uuid7
 from schemas.inspection import Inspection, Verdict
 from schemas.process import ProcessSnapshot
 from services.storage.ports import BlobStore
-from services.vision.overlay import encode_png
+from services.vision.overlay import encode_heatmap, encode_png
 
 T0 = datetime(2025, 3, 4, 8, 0, 0, tzinfo=UTC)
-HEATMAP_HW = (48, 64)
+FRAME_HW = (96, 128)
+WARM_BOX = (40, 24, 32, 32)  # x, y, width, height: where the stored heat maps are warm
 
 
-def store_heatmap(blobs: BlobStore, seed: int = 0) -> BlobRef:
-    """A small stored PNG (random pixels) standing in for a heat map."""
-    height, width = HEATMAP_HW
+def store_frame(blobs: BlobStore, seed: int = 0) -> BlobRef:
+    """A stored frame PNG of random pixels."""
+    height, width = FRAME_HW
     pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
     return blobs.put(encode_png(pixels), "png", width, height)
+
+
+def store_heatmap(blobs: BlobStore) -> BlobRef:
+    """A stored heat map of a ``FRAME_HW`` frame: cold, and warm (0.9) inside ``WARM_BOX``."""
+    score_map = np.zeros(FRAME_HW, np.float32)
+    x, y, w, h = WARM_BOX
+    score_map[y : y + h, x : x + w] = 0.9
+    data, width, height = encode_heatmap(score_map, FRAME_HW)
+    return blobs.put(data, "png", width, height)
 
 
 def make_defect(location: DefectLocation, defect_class: str | None = None) -> Defect:
     return Defect.model_validate(
         {
-            "bbox": {"x": 10, "y": 20, "width": 30, "height": 40},
+            "bbox": {"x": 40, "y": 24, "width": 32, "height": 32},
             "area_px": 900,
             "area_share": 0.01,
             "max_score": 0.9,
             "mean_score": 0.7,
-            "centroid": {"x": 25.0, "y": 40.0},
+            "centroid": {"x": 56.0, "y": 40.0},
             "location": location,
             "severity": "major",
             "defect_class": defect_class,
@@ -52,8 +62,10 @@ def make_inspection(
     params: dict[str, float] | None = None,
     part_id: str | None = None,
 ) -> Inspection:
-    """An inspection captured ``at``; with ``blobs`` it gets a stored heat map. No params: process missing."""
-    heatmap = store_heatmap(blobs, seed=int(at.timestamp()) % 1000) if blobs is not None else None
+    """An inspection captured ``at``; with ``blobs`` it gets a stored frame and heat map. No params: process
+    missing."""
+    image = store_frame(blobs, seed=int(at.timestamp()) % 1000) if blobs is not None else None
+    heatmap = store_heatmap(blobs) if blobs is not None else None
     if params is None:
         process = ProcessSnapshot(status="missing")
     else:
@@ -72,6 +84,7 @@ def make_inspection(
         score=0.8 if verdict == "NG" else 0.2,
         verdict=verdict,
         defects=[make_defect(location) for location in locations],
+        image=image,
         heatmap=heatmap,
         embedding=[0.1, 0.2, 0.3],
         process=process,

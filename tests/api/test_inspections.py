@@ -10,7 +10,8 @@ from fastapi.testclient import TestClient
 from schemas.inspection import Inspection
 from services.storage.file_blob_store import FileBlobStore
 from services.storage.sqlite_record_store import SqliteRecordStore
-from tests.api.factories import HEATMAP_HW, T0, make_inspection
+from services.vision.overlay import NO_FRAME_GREY
+from tests.api.factories import FRAME_HW, T0, WARM_BOX, make_inspection
 
 
 @pytest.fixture
@@ -108,19 +109,42 @@ def _decode(png: bytes) -> np.ndarray:
     return image
 
 
-def test_overlay_is_the_stored_heat_map_png(
+def test_the_overlay_is_the_heat_map_over_the_frame_with_the_defects_boxed(
     client: TestClient, records: SqliteRecordStore, blobs: FileBlobStore
 ) -> None:
     inspection = make_inspection(blobs, verdict="NG", locations=("center",))
     records.upsert_inspection(inspection)
-    assert inspection.heatmap is not None
+    assert inspection.image is not None
 
     response = client.get(f"/v1/inspections/{inspection.frame_id}/overlay.png")
 
     assert response.status_code == 200
     assert response.headers["content-type"] == "image/png"
-    assert response.content == blobs.get(inspection.heatmap.uri)
-    assert _decode(response.content).shape[:2] == HEATMAP_HW
+    overlay, frame = _decode(response.content), _decode(blobs.get(inspection.image.uri))
+    assert overlay.shape == frame.shape and overlay.shape[:2] == FRAME_HW
+    x, y, w, h = WARM_BOX
+    cold = np.ones(FRAME_HW, bool)
+    cold[max(0, y - 14) : y + h + 4, max(0, x - 4) :] = False  # the warm box, its frame and label
+    np.testing.assert_array_equal(overlay[cold], frame[cold])  # cold: the frame untouched
+    inside = (slice(y + 6, y + h - 6), slice(x + 6, x + w - 6))
+    assert np.abs(overlay[inside].astype(int) - frame[inside]).mean() > 20  # warm: tinted
+    assert tuple(overlay[y + h // 2, x]) == (0, 140, 255)  # the box's edge: major = orange (BGR)
+
+
+def test_without_the_frame_the_overlay_is_drawn_over_grey(
+    client: TestClient, records: SqliteRecordStore, blobs: FileBlobStore
+) -> None:
+    """keep_frames: false deletes frames; the heat map and the boxes are still shown."""
+    records.upsert_inspection(inspection := make_inspection(blobs, verdict="NG", locations=("center",)))
+    assert inspection.image is not None
+    blobs.delete(inspection.image.uri)
+    response = client.get(f"/v1/inspections/{inspection.frame_id}/overlay.png")
+    assert response.status_code == 200
+    overlay = _decode(response.content)
+    assert overlay.shape[:2] == FRAME_HW
+    assert (overlay[2, 2] == NO_FRAME_GREY).all()
+    x, y, _, h = WARM_BOX
+    assert tuple(overlay[y + h // 2, x]) == (0, 140, 255)
 
 
 def test_overlay_thumbnail_is_scaled_down(

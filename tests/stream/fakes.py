@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import pytest
 
 from schemas.dead_letter import DeadLetter
 from schemas.frame import Frame
@@ -15,6 +16,9 @@ from schemas.inspection import Inspection
 from schemas.process import ProcessSnapshot
 from services.ingest.frame_ids import replay_frame_id
 from services.ingest.ports import CapturedFrame
+from services.stream import runtime
+from services.stream.steps import Detected
+from services.vision.inspector import Prediction
 
 T0 = datetime(2025, 3, 4, 8, 0, 0, tzinfo=UTC)
 
@@ -63,26 +67,48 @@ class ListSource:
 
 
 class FakeDetector:
-    """Stands in for ``inspect_batch``: every frame is OK; ``gate`` (when given) holds each batch."""
+    """Stands in for the detector steps (``detect_batch``, ``finish_batch``): every frame is OK.
 
-    def __init__(self, gate: threading.Event | None = None) -> None:
+    ``gate`` (when given) holds each batch in detection, ``finish_gate`` each batch in finishing;
+    ``install`` puts the fake into the runtime.
+    """
+
+    def __init__(
+        self, gate: threading.Event | None = None, finish_gate: threading.Event | None = None
+    ) -> None:
         self.gate, self.entered = gate, threading.Event()
+        self.finish_gate, self.finishing = finish_gate, threading.Event()
         self.batches: list[int] = []
+        self.finished: list[int] = []
 
-    def __call__(
-        self,
-        inspector: Any,
-        frames: list[Frame],
-        images: list[np.ndarray],
-        blobs: Any,
-        process: list[ProcessSnapshot] | None = None,
-        *,
-        timings_ms: Sequence[Mapping[str, float]] | None = None,
-    ) -> list[Inspection]:
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeDetector:
+        monkeypatch.setattr(runtime, "detect_batch", self.detect)
+        monkeypatch.setattr(runtime, "finish_batch", self.finish)
+        return self
+
+    def detect(self, inspector: Any, images: Sequence[np.ndarray]) -> Detected:
         self.entered.set()
         if self.gate is not None:
             self.gate.wait(timeout=30)
-        self.batches.append(len(frames))
+        self.batches.append(len(images))
+        prediction = Prediction(0.0, 0.1, "OK", np.zeros((1, 1), np.float32), [], np.zeros(0, np.float32))
+        return Detected([prediction] * len(images), {"preprocess": 0.5, "infer": 1.0})
+
+    def finish(
+        self,
+        inspector: Any,
+        frames: Sequence[Frame],
+        images: Sequence[np.ndarray],
+        detected: Detected,
+        blobs: Any,
+        process: Sequence[ProcessSnapshot] | None = None,
+        *,
+        timings_ms: Sequence[Mapping[str, float]] | None = None,
+    ) -> list[Inspection]:
+        self.finishing.set()
+        if self.finish_gate is not None:
+            self.finish_gate.wait(timeout=30)
+        self.finished.append(len(frames))
         snapshots = process or [ProcessSnapshot(status="missing")] * len(frames)
         return [
             Inspection(
@@ -99,7 +125,7 @@ class FakeDetector:
                 score=0.1,
                 verdict="OK",
                 process=snapshot,
-                timings_ms={**(timings_ms[i] if timings_ms else {}), "infer": 1.0},
+                timings_ms={**(timings_ms[i] if timings_ms else {}), **detected.timings_ms},
                 inspected_at=datetime.now(UTC),
             )
             for i, (f, snapshot) in enumerate(zip(frames, snapshots, strict=True))

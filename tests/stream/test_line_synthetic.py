@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 
@@ -27,6 +28,7 @@ from services.stream.runtime import Line, LineOptions
 from services.stream.steps import encode_frame
 from services.stream.summary import LineSummary
 from services.vision.inspector import Inspector
+from services.vision.overlay import decode_heatmap
 
 pytestmark = pytest.mark.integration
 
@@ -124,7 +126,8 @@ def test_records_hold_heat_maps_embeddings_timings_and_the_model(
     _, records, blobs = finished_run
     for record in records.query_inspections():
         assert record.heatmap is not None and blobs.exists(record.heatmap.uri)
-        assert (record.heatmap.width, record.heatmap.height) == (256, 256)
+        assert (record.heatmap.width, record.heatmap.height) == (128, 128)  # 256x256 frames, halved
+        assert record.image is not None and blobs.exists(record.image.uri)
         assert len(record.embedding) > 0
         assert {"ingest", "join", "preprocess", "infer", "postprocess", "heatmap"} <= set(record.timings_ms)
         assert (record.model_name, record.model_version) == (inspector.card.name, inspector.card.version)
@@ -147,12 +150,10 @@ def test_without_keep_frames_only_heat_maps_and_records_stay(
     heatmap_shas = set()
     for part in ground_truth(12):
         record = records.get_inspection(captured_part(part, SEED).frame_id)
-        assert record is not None and record.heatmap is not None
+        assert record is not None and record.heatmap is not None and record.image is not None
+        assert record.image.sha256 == frame_sha(part) and frame_sha(part) not in stored_shas
         heatmap_shas.add(record.heatmap.sha256)
-        if record.heatmap.sha256 != frame_sha(part):  # else the heat map is the untinted frame itself
-            assert frame_sha(part) not in stored_shas
-    assert stored_shas == heatmap_shas
-    assert any(frame_sha(part) not in stored_shas for part in ground_truth(12))
+    assert stored_shas == heatmap_shas  # no frame pixels are left: heat maps hold none
 
 
 def test_a_full_disk_while_storing_heat_maps_leaves_no_half_written_record(
@@ -207,3 +208,28 @@ def test_a_folder_replay_dead_letters_a_corrupt_file_and_a_bad_process_row(
     assert temps == [60.0, 61.0, 61.0, 63.0]  # at 00:02 the 00:01 sample was in force (00:02 was malformed)
     decode_letter = next(d for d in records.list_dead_letters() if d.source == "decode")
     assert decode_letter.original_ref.startswith("file://")  # the frame itself was kept, for a look
+
+    # a restart replays the folder: no record and no frame's dead letter is stored twice
+    frames = FolderSource(folder, FrameContext(camera_id="cam-7"))
+    process = CsvProcessSource(csv_path, "line-1")
+    line = Line([frames], [process], {"housing-A": inspector}, records, blobs, LineOptions())
+    again = asyncio.run(line.run())
+    assert (again.inspected, again.frame_dead_letters) == (4, 1)  # met again, stored once
+    assert records.count_inspections() == 4
+    assert [d.source for d in records.list_dead_letters()].count("decode") == 1
+
+
+def test_the_stored_heat_map_is_the_detectors_anomaly_map(finished_run: Run, inspector: Inspector) -> None:
+    _, records, blobs = finished_run
+    by_id = {record.frame_id: record for record in records.query_inspections()}
+    for part in ground_truth(6):
+        record = by_id[captured_part(part, SEED).frame_id]
+        assert record.heatmap is not None
+        stored = decode_heatmap(blobs.get(record.heatmap.uri))
+        (prediction,) = inspector.predict([part.image])  # (alone, not in the line's batch: float noise)
+        expected = cv2.resize(np.clip(prediction.anomaly_map, 0, 1), (128, 128), interpolation=cv2.INTER_AREA)
+        assert np.abs(stored - expected).max() < 0.02
+        if record.defects:  # the heat map is warm where a defect was found
+            box = record.defects[0].bbox
+            x, y = int((box.x + box.width / 2) / 2), int((box.y + box.height / 2) / 2)
+            assert stored[max(0, y - 4) : y + 4, max(0, x - 4) : x + 4].max() > 0.4

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from schemas.dead_letter import DeadLetter
 from services.ingest.csv_replay import CsvProcessSource
@@ -20,7 +21,7 @@ from services.storage.file_blob_store import FileBlobStore
 from services.storage.sqlite_record_store import SqliteRecordStore
 from services.stream import runtime
 from services.stream.rejects import reject
-from services.stream.runtime import Line, LineOptions
+from services.stream.runtime import Line, LineOptions, detector_plan
 from services.stream.steps import encode_frame
 from tests.stream.fakes import T0, FakeDetector, ListSource, captured
 
@@ -29,9 +30,7 @@ MODELS: dict[str, Any] = {"housing-A": object()}  # the stand-in detector never 
 
 @pytest.fixture
 def detector(monkeypatch: pytest.MonkeyPatch) -> FakeDetector:
-    fake = FakeDetector()
-    monkeypatch.setattr(runtime, "inspect_batch", fake)
-    return fake
+    return FakeDetector().install(monkeypatch)
 
 
 def make_line(source: ListSource, records: SqliteRecordStore, blobs: FileBlobStore, **options: Any) -> Line:
@@ -39,11 +38,12 @@ def make_line(source: ListSource, records: SqliteRecordStore, blobs: FileBlobSto
     return Line([source], process, MODELS, records, blobs, LineOptions(**options))
 
 
+@pytest.mark.parametrize("detectors", [1, 2, 3])
 def test_every_frame_read_is_stored_once(
-    detector: FakeDetector, records: SqliteRecordStore, blobs: FileBlobStore
+    detector: FakeDetector, records: SqliteRecordStore, blobs: FileBlobStore, detectors: int
 ) -> None:
     source = ListSource([captured(i) for i in range(20)])
-    line = make_line(source, records, blobs, max_batch=4)
+    line = make_line(source, records, blobs, max_batch=4, detectors=detectors)
     summary = asyncio.run(line.run())
     assert (summary.frames_in, summary.inspected, summary.frame_dead_letters) == (20, 20, 0)
     assert records.count_inspections() == 20
@@ -58,10 +58,9 @@ def test_a_slow_detector_holds_the_source_back(
     monkeypatch: pytest.MonkeyPatch, records: SqliteRecordStore, blobs: FileBlobStore
 ) -> None:
     gate = threading.Event()
-    detector = FakeDetector(gate)
-    monkeypatch.setattr(runtime, "inspect_batch", detector)
+    detector = FakeDetector(gate).install(monkeypatch)
     source = ListSource([captured(i) for i in range(100)])
-    line = make_line(source, records, blobs, max_batch=1, queue_size=2)
+    line = make_line(source, records, blobs, max_batch=1, queue_size=2, detectors=2)
 
     async def scenario() -> int:
         task = asyncio.create_task(line.run())
@@ -73,7 +72,8 @@ def test_a_slow_detector_holds_the_source_back(
         return reads_while_blocked
 
     reads_while_blocked = asyncio.run(scenario())
-    # one frame in the detector, two queued before it, one in decode, two queued, one in ingest, one read
+    # a frame in each of the two detectors, two queued before them, one in the join, two queued
+    # before it, one read and decoded in ingest, waiting for room
     assert reads_while_blocked <= 8
     assert records.count_inspections() == 100
 
@@ -82,8 +82,7 @@ def test_stop_drains_every_frame_already_read(
     monkeypatch: pytest.MonkeyPatch, records: SqliteRecordStore, blobs: FileBlobStore
 ) -> None:
     gate = threading.Event()
-    detector = FakeDetector(gate)
-    monkeypatch.setattr(runtime, "inspect_batch", detector)
+    detector = FakeDetector(gate).install(monkeypatch)
     source = ListSource([captured(i) for i in range(100)])
     line = make_line(source, records, blobs, max_batch=2, queue_size=4)
 
@@ -206,3 +205,170 @@ def test_a_failing_source_stops_the_line_after_the_frames_it_gave(
     summary = asyncio.run(line.run())
     assert summary.inspected == 5
     assert summary.stopped_by is not None and "camera unplugged" in summary.stopped_by
+
+
+# ------------------------------------------------------------------- detect, finish, store stages
+
+
+@pytest.mark.parametrize("detectors", [1, 2])
+def test_the_detectors_run_at_most_one_batch_ahead_of_finishing(
+    monkeypatch: pytest.MonkeyPatch, records: SqliteRecordStore, blobs: FileBlobStore, detectors: int
+) -> None:
+    held = threading.Event()
+    detector = FakeDetector(finish_gate=held).install(monkeypatch)
+    source = ListSource([captured(i) for i in range(40)])
+    line = make_line(source, records, blobs, max_batch=2, detectors=detectors)
+
+    async def scenario() -> int:
+        task = asyncio.create_task(line.run())
+        await asyncio.to_thread(detector.finishing.wait, 30)
+        await asyncio.sleep(0.3)  # room for the detector to run ahead, if the queue let it
+        detected_while_held = len(detector.batches)
+        held.set()
+        await task
+        return detected_while_held
+
+    detected_while_held = asyncio.run(scenario())
+    # one batch being finished, one waiting for it, one per detector detected and waiting to be handed over
+    assert 2 <= detected_while_held <= 2 + detectors
+    assert records.count_inspections() == 40
+    assert sum(detector.finished) == 40
+
+
+class FlakyRecords(SqliteRecordStore):
+    """Fails to store ``bad``; holds the first upsert until ``release`` so that records pile up."""
+
+    def __init__(self, path: Path, bad: str, release: threading.Event) -> None:
+        super().__init__(path)
+        self.bad, self.release, self.calls = bad, release, 0
+        self.threads: list[int] = []
+
+    def upsert_inspection(self, inspection: Any) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            self.release.wait(timeout=30)
+        self.threads.append(threading.get_ident())
+        if inspection.frame_id == self.bad:
+            raise OSError("disk I/O error")
+        super().upsert_inspection(inspection)
+
+
+def test_waiting_records_are_stored_together_and_a_bad_one_fails_alone(
+    detector: FakeDetector, blobs: FileBlobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    records = FlakyRecords(tmp_path / "flaky.db", captured(9).frame_id, release)
+    groups: list[int] = []
+    store_group = Line._store_group
+
+    def counting(self: Line, group: list[Any]) -> Any:
+        groups.append(len(group))
+        return store_group(self, group)
+
+    monkeypatch.setattr(Line, "_store_group", counting)
+    line = make_line(ListSource([captured(i) for i in range(20)]), records, blobs, max_batch=2)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(line.run())
+        await asyncio.sleep(0.5)  # the first record is held: the others wait in the store queue
+        release.set()
+        await task
+
+    try:
+        asyncio.run(scenario())
+        assert max(groups) > 1 and sum(groups) == 20
+        assert len(groups) < 20
+        summary = line.summary
+        assert (summary.inspected, summary.frame_dead_letters, summary.dead_letters) == (
+            19,
+            1,
+            {"store_error": 1},
+        )
+        assert summary.stopped_by is not None and "disk I/O error" in summary.stopped_by
+        assert records.count_inspections() == 19
+        assert records.get_inspection(captured(9).frame_id) is None
+        (letter,) = records.list_dead_letters()
+        assert (letter.source, letter.frame_id) == ("store", captured(9).frame_id)
+        assert blobs.exists(letter.original_ref)  # the frame of a record that failed is kept
+    finally:
+        records.close()
+
+
+@pytest.mark.parametrize("step", ["detect", "finish"])
+def test_a_batch_that_fails_is_dead_lettered_and_the_line_goes_on(
+    detector: FakeDetector,
+    records: SqliteRecordStore,
+    blobs: FileBlobStore,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+) -> None:
+    real = getattr(detector, step)
+    calls = {"n": 0}
+
+    def failing_second_batch(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, f"{step}_batch", failing_second_batch)
+    line = make_line(
+        ListSource([captured(i) for i in range(12)]),
+        records,
+        blobs,
+        max_batch=4,
+        max_wait_ms=1000,
+        detectors=1,
+    )
+    summary = asyncio.run(line.run())
+    assert (summary.inspected, summary.frame_dead_letters) == (8, 4)
+    assert summary.dead_letters == {"inspect_error": 4}
+    assert summary.stopped_by is None
+    letters = records.list_dead_letters()
+    assert {letter.source for letter in letters} == {"inspect"}
+    assert all("RuntimeError: out of memory" in letter.reason for letter in letters)
+    assert records.count_inspections() == 8
+
+
+def test_the_detectors_share_the_torch_threads_of_the_caller() -> None:
+    assert detector_plan(LineOptions(), 2) == (2, 1)
+    assert detector_plan(LineOptions(), 1) == (1, 1)
+    assert detector_plan(LineOptions(), 8) == (2, 4)
+    assert detector_plan(LineOptions(detectors=3), 8) == (3, 2)
+    assert detector_plan(LineOptions(detectors=1), 8) == (1, 8)
+    assert detector_plan(LineOptions(detectors=2, detector_threads=3), 2) == (2, 3)
+    with pytest.raises(ValueError, match="detectors"):
+        LineOptions(detectors=0)
+    with pytest.raises(ValueError, match="detector_threads"):
+        LineOptions(detector_threads=0)
+
+
+def test_each_detector_thread_runs_with_its_own_torch_thread_count(
+    monkeypatch: pytest.MonkeyPatch, records: SqliteRecordStore, blobs: FileBlobStore
+) -> None:
+    seen: dict[str, int] = {}
+    fake = FakeDetector().install(monkeypatch)
+
+    def detect(inspector: Any, images: Any) -> Any:
+        seen[threading.current_thread().name] = torch.get_num_threads()
+        return fake.detect(inspector, images)
+
+    monkeypatch.setattr(runtime, "detect_batch", detect)
+    line = make_line(
+        ListSource([captured(i) for i in range(16)]),
+        records,
+        blobs,
+        max_batch=2,
+        detectors=2,
+        detector_threads=1,
+    )
+    before = torch.get_num_threads()
+    asyncio.run(line.run())
+    assert set(seen.values()) == {1}
+    assert all(name.startswith("linewatch-detector-") for name in seen)
+    assert torch.get_num_threads() == before  # the caller's own count is left as it was
+    elsewhere: list[int] = []
+    thread = threading.Thread(target=lambda: elsewhere.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert elsewhere == [before]  # and so is the default of threads started later

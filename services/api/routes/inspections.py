@@ -8,8 +8,9 @@ from schemas.inspection import Inspection
 from services.api.context import Context
 from services.api.filters import PARAM_HELP, inspection_filters
 from services.api.models import InspectionPage
-from services.api.thumbnails import shrink_png
+from services.api.thumbnails import frame_pixels, overlay_of, shrink_png
 from services.storage.query import InspectionQuery
+from services.vision.overlay import decode_heatmap, encode_png
 
 router = APIRouter(tags=["inspections"])
 
@@ -54,16 +55,18 @@ def inspection_overlay(
         int | None, Query(ge=16, le=8192, description="Scale down to this longer side")
     ] = None,
 ) -> Response:
-    """The heat map over the frame, defects boxed, as the inspection rendered it (PNG)."""
+    """The heat map over the frame, defects boxed (PNG). When the frame is no longer stored
+    (``keep_frames: false``), the heat map and the boxes are drawn over grey at the frame's size."""
     inspection = _get_or_404(context, frame_id)
     if inspection.heatmap is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"inspection {frame_id} has no heat map stored")
     try:
-        data = context.blobs.get(inspection.heatmap.uri)
+        heatmap = decode_heatmap(context.blobs.get(inspection.heatmap.uri))
     except FileNotFoundError:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"the heat map of inspection {frame_id} is no longer in the blob store"
         ) from None
+    data = encode_png(overlay_of(inspection, heatmap, frame_pixels(context.blobs, inspection)))
     if max_side is not None:
         data = shrink_png(data, max_side)
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
