@@ -8,7 +8,8 @@ threshold is its one-sided normal tolerance limit (coverage ``1-fpr`` at ``confi
 as fewer images are held out. The larger of that and the empirical quantile is used.
 
 Scores are also reported normalised: a logistic of the log-score distance to the threshold in units
-of the held-out spread, so that the threshold sits at 0.5 for every model and runtime.
+of the held-out spread (at least ``MIN_SCALE``), so that the threshold sits at 0.5 for every model and
+runtime.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ from statistics import NormalDist
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+
+MIN_SCALE = 0.25
+"""The least spread (of log scores) normalise() divides by. Held-out good images can agree closely
+(a spread of 0.01 is common on a uniform part), and dividing by that makes every score 5 % past the
+threshold 1.0: severities and heat maps would lose all gradation. With 0.25, a score 1.3x the
+threshold normalises to 0.74, 1.7x to 0.9, 3x to 0.99. Thresholds are not affected."""
 
 
 class Calibration(BaseModel):
@@ -100,7 +107,7 @@ def fit_threshold(scores: np.ndarray, target_fpr: float = 0.01, confidence: floa
         threshold, method = max(math.exp(float(logs.mean()) + k * log_std), empirical), "lognormal-tolerance"
     return Calibration(
         threshold=threshold,
-        scale=log_std,
+        scale=max(log_std, MIN_SCALE),
         method=method,
         target_fpr=target_fpr,
         confidence=confidence,

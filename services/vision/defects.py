@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 LOCATIONS = (
     ("top_left", "top_center", "top_right"),
@@ -22,6 +22,11 @@ class DefectRules(BaseModel):
 
     min_area_px: int = 16  # specks smaller than this (at the model's input size) are dropped
     close_px: int = 5  # morphological closing kernel, joins fragments of one defect
+    # A defect is found where the map crosses the threshold, but the map is patch-level and smoothed,
+    # so that region is larger than the defect. Its box, area and centroid are measured on its core:
+    # the pixels at least this fraction of the way (in log score) from the threshold to its peak.
+    # 0 measures the whole region.
+    core_fraction: float = Field(default=0.5, ge=0.0, lt=1.0)
     major_score: float = 0.75
     major_area_share: float = 0.01
     critical_score: float = 0.9
@@ -54,6 +59,12 @@ def grade(max_score: float, area_share: float, rules: DefectRules) -> str:
     return "minor"
 
 
+def logit(p: np.ndarray) -> np.ndarray:
+    """The log-odds of normalised scores: linear in the log raw score (see calibration.normalise)."""
+    q = np.clip(p.astype(np.float64), 1e-12, 1 - 1e-12)
+    return np.asarray(np.log(q / (1 - q)))
+
+
 def find_defects(
     score_map: np.ndarray,
     rules: DefectRules,
@@ -64,7 +75,8 @@ def find_defects(
     """Defects in a normalised (H, W) map, measured in the frame's pixels, most severe first.
 
     ``frame_hw`` is the size of the inspected area in the original frame (the ROI, or the whole
-    frame) and ``offset_xy`` the ROI's origin; by default the map's own pixels are used.
+    frame) and ``offset_xy`` the ROI's origin; by default the map's own pixels are used. Each region
+    above ``threshold`` is one defect, measured on its core (``rules.core_fraction``).
     """
     map_h, map_w = score_map.shape
     frame_h, frame_w = frame_hw or (map_h, map_w)
@@ -73,28 +85,39 @@ def find_defects(
     if rules.close_px > 1:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (rules.close_px, rules.close_px))
         binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, kernel)
-    count, labels, stats, centroids = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    z_threshold = float(logit(np.array(threshold)))
     defects = []
     for label in range(1, count):
         x, y, w, h, area = (int(v) for v in stats[label])
         if area < rules.min_area_px:
             continue
-        values = score_map[labels == label]
-        share = area / float(map_h * map_w)
-        cx, cy = float(centroids[label][0]), float(centroids[label][1])
-        max_score = float(values.max())
+        window = score_map[y : y + h, x : x + w]
+        inside = labels[y : y + h, x : x + w] == label
+        max_score = float(window[inside].max())
+        core = inside
+        if rules.core_fraction > 0:
+            z = logit(window)
+            z_peak = float(z[inside].max())
+            core = inside & (z >= z_threshold + rules.core_fraction * (z_peak - z_threshold))
+        rows, cols = np.nonzero(core)
+        top, left = int(rows.min()), int(cols.min())
+        core_h, core_w = int(rows.max()) - top + 1, int(cols.max()) - left + 1
+        core_area = int(core.sum())
+        share = core_area / float(map_h * map_w)
+        cx, cy = x + float(cols.mean()), y + float(rows.mean())
         defects.append(
             DefectRegion(
                 bbox=(
-                    round(x * sx) + offset_xy[0],
-                    round(y * sy) + offset_xy[1],
-                    max(1, round(w * sx)),
-                    max(1, round(h * sy)),
+                    round((x + left) * sx) + offset_xy[0],
+                    round((y + top) * sy) + offset_xy[1],
+                    max(1, round(core_w * sx)),
+                    max(1, round(core_h * sy)),
                 ),
-                area_px=max(1, round(area * sx * sy)),
+                area_px=max(1, round(core_area * sx * sy)),
                 area_share=share,
                 max_score=max_score,
-                mean_score=float(values.mean()),
+                mean_score=float(window[core].mean()),
                 centroid=((cx + 0.5) * sx + offset_xy[0], (cy + 0.5) * sy + offset_xy[1]),
                 location=location_name(cx + 0.5, cy + 0.5, map_w, map_h),
                 severity=grade(max_score, share, rules),

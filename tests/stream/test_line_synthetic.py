@@ -103,9 +103,10 @@ def test_planted_defects_are_found_where_they_were_planted(finished_run: Run) ->
     assert np.mean(flagged) >= 0.7
     assert np.mean(false_alarms) <= 0.2
     assert np.mean(centred) >= 0.8
-    # The detector's boxes sit on the defects but come out about twice as large as the planted ones
-    # (its anomaly map is patch-level and smoothed), which caps the IoU near 0.25 on this line.
-    assert np.mean(best_ious) >= 0.15
+    # Boxes are measured on each region's core (DefectRules.core_fraction): the whole region above
+    # the threshold is about twice the defect (patch-level, smoothed map) and gave a mean IoU of 0.25.
+    print(f"mean best IoU {np.mean(best_ious):.3f} over {len(best_ious)} planted defects")
+    assert np.mean(best_ious) >= 0.3
 
 
 def test_each_record_carries_the_process_sample_in_force_at_capture(finished_run: Run) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from services.vision.calibration import (
+    MIN_SCALE,
     fit_threshold,
     min_images_for_order_statistic,
     order_statistic_rank,
@@ -69,3 +70,14 @@ def test_normalised_scores_put_the_threshold_at_one_half_and_keep_order() -> Non
 def test_calibration_refuses_too_few_scores() -> None:
     with pytest.raises(ValueError, match="at least 3"):
         fit_threshold(np.array([1.0, 2.0]))
+
+
+def test_closely_agreeing_good_images_still_give_graded_normalised_scores() -> None:
+    """Uniform parts: held-out scores within 1 % of each other. A defect 1.3x the threshold is clearly
+    anomalous but not pinned at 1.0, so severities and heat maps keep their gradation."""
+    calibration = fit_threshold(np.random.default_rng(3).normal(2.0, 0.02, 40))
+    assert calibration.scale == MIN_SCALE
+    high = calibration.normalise(np.array([1.3, 1.7, 3.0]) * calibration.threshold)
+    np.testing.assert_allclose(high, [0.74, 0.89, 0.99], atol=0.01)
+    wide = fit_threshold(np.random.default_rng(3).lognormal(0, 0.5, 40))
+    assert wide.scale > MIN_SCALE  # a real spread is kept

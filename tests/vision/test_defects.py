@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from services.vision.defects import DefectRules, find_defects, grade, location_name
@@ -63,3 +64,33 @@ def test_grid_locations_and_severity_rules() -> None:
     assert grade(0.8, 0.001, rules) == "major"
     assert grade(0.6, 0.02, rules) == "major"
     assert grade(0.6, 0.06, rules) == "critical"
+
+
+def blurred_blob(height: int = 128, width: int = 128) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A normalised map the way a detector draws a 12x8 defect: patch-level, smoothed, wider than it."""
+    z = np.full((height, width), -3.0)  # log-odds: good surface well under the threshold
+    z[60:68, 40:52] = 20.0  # the defect, 12 wide and 8 high, at (40, 60), far over it
+    z = cv2.GaussianBlur(z, (0, 0), 4)
+    return (1 / (1 + np.exp(-z))).astype(np.float32), (40, 60, 12, 8)
+
+
+def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return ix * iy / (a[2] * a[3] + b[2] * b[3] - ix * iy)
+
+
+def test_a_smoothed_defect_is_measured_on_its_core_not_on_its_blur() -> None:
+    score_map, planted = blurred_blob()
+    (whole,) = find_defects(score_map, DefectRules(core_fraction=0.0))
+    (core,) = find_defects(score_map, DefectRules())
+    assert whole.bbox[2] >= 1.5 * planted[2]  # the region at the threshold: the blur's extent
+    assert box_iou(core.bbox, planted) > 0.7 and box_iou(whole.bbox, planted) < 0.4
+    assert core.area_px < whole.area_px and core.max_score == whole.max_score
+    assert abs(core.centroid[0] - 46) < 1 and abs(core.centroid[1] - 64) < 1
+    assert core.mean_score > whole.mean_score
+
+
+def test_a_flat_topped_region_is_its_own_core() -> None:
+    (defect,) = find_defects(synthetic_map()[:128, 128:], DefectRules(close_px=1))
+    assert defect.bbox == (72, 20, 40, 20) and defect.area_px == 800
