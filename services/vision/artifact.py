@@ -103,6 +103,10 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
         tensors["memory_bank"] = model.memory_bank
         if model.projection.numel():
             tensors["projection"] = model.projection
+        if model.position_mean.numel():
+            tensors["position_mean"] = model.position_mean
+            tensors["position_precision"] = model.position_precision
+            tensors["score_norm"] = model.score_norm
     else:
         tensors["descriptors"] = model.descriptors
         for i in range(model.n_layers):
@@ -184,7 +188,14 @@ def load_artifact(model_dir: Path) -> tuple[nn.Module, ModelCard]:
             patchcore_params["layer_weights"] = tuple(patchcore_params["layer_weights"])
         params = PatchCoreParams(**patchcore_params)
         model = PatchCoreModel(
-            extractor, tensors["memory_bank"], card.image_size, params, tensors.get("projection")
+            extractor,
+            tensors["memory_bank"],
+            card.image_size,
+            params,
+            tensors.get("projection"),
+            tensors.get("position_mean"),
+            tensors.get("position_precision"),
+            tensors.get("score_norm"),
         )
     else:
         spade_params = dict(card.params)

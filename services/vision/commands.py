@@ -29,6 +29,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--image-size", type=int, default=256)
     train.add_argument("--coreset", type=float, default=0.02, help="share of patches kept (PatchCore)")
     train.add_argument(
+        "--position-weight",
+        type=float,
+        default=0.0,
+        help="PatchCore: share of a per-position Gaussian (PaDiM-style) score in map and image score;"
+        " 0 = off (0.55 on magnetic tile, see README)",
+    )
+    train.add_argument(
+        "--fast-search",
+        action="store_true",
+        help="PatchCore: pick nearest neighbours from bfloat16 products (distances stay exact)",
+    )
+    train.add_argument(
         "--holdout", type=float, default=0.15, help="share of good images held out to calibrate"
     )
     train.add_argument(
@@ -82,6 +94,8 @@ def run_train(args: argparse.Namespace) -> int:
             layers=args.layers,
             image_size=args.image_size,
             coreset_ratio=args.coreset,
+            position_weight=args.position_weight,
+            approximate_search=args.fast_search,
             layer_weights=tuple(args.layer_weights) if args.layer_weights else None,
             holdout=args.holdout,
             target_fpr=args.target_fpr,

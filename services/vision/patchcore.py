@@ -12,12 +12,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from services.vision.backbone import FeatureExtractor
 from services.vision.coreset import greedy_coreset
 from services.vision.features import fuse_layers, random_projection, to_patches
-from services.vision.knn import nearest, squared_norms
+from services.vision.knn import nearest, nearest_bfloat16, squared_norms
 from services.vision.maps import patch_scores_to_map
 
 
@@ -31,13 +32,25 @@ class PatchCoreParams:
     max_candidates: int = 250_000  # bound on patches gathered before the coreset (memory bound)
     layer_weights: tuple[float, ...] | None = None  # per-layer feature scale; None = balanced at fit
     sigma: float = 4.0  # Gaussian smoothing of the anomaly map, px at the model's input size
+    # Share of a per-position Gaussian (PaDiM-style Mahalanobis distance) in the anomaly map and image
+    # score; 0 = plain PatchCore. Both distances are divided by their spread on held-out good images.
+    position_weight: float = 0.0
+    position_eps: float = 0.02  # ridge added to every per-position covariance (0.01-0.05 tried)
+    # with position statistics, the image score is the mean of this share of the map's highest pixels
+    image_top_share: float = 0.02
+    # choose each patch's nearest bank entry from bfloat16 products (its distance stays exact float32)
+    approximate_search: bool = False
     seed: int = 0
 
 
 class PatchCoreModel(nn.Module):
     memory_bank: torch.Tensor
     bank_squared: torch.Tensor
+    bank_bfloat16: torch.Tensor
     projection: torch.Tensor
+    position_mean: torch.Tensor
+    position_precision: torch.Tensor
+    score_norm: torch.Tensor
 
     def __init__(
         self,
@@ -46,6 +59,9 @@ class PatchCoreModel(nn.Module):
         image_size: int,
         params: PatchCoreParams,
         projection: torch.Tensor | None = None,
+        position_mean: torch.Tensor | None = None,
+        position_precision: torch.Tensor | None = None,
+        score_norm: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.extractor = extractor
@@ -53,26 +69,77 @@ class PatchCoreModel(nn.Module):
         self.params = params
         self.register_buffer("memory_bank", memory_bank.float().contiguous())
         self.register_buffer("bank_squared", squared_norms(self.memory_bank))
+        bank_bfloat16 = self.memory_bank.bfloat16() if params.approximate_search else torch.empty(0)
+        self.register_buffer("bank_bfloat16", bank_bfloat16, persistent=False)
         self.register_buffer("projection", projection if projection is not None else torch.empty(0))
+        if (position_mean is None) != (position_precision is None):
+            raise ValueError("position_mean and position_precision come together")
+        self.register_buffer("position_mean", _or_empty(position_mean))
+        self.register_buffer(
+            "position_precision",
+            position_precision.half().contiguous() if position_precision is not None else torch.empty(0),
+        )
+        # spread (std) of the patch distances and of the position distances on held-out good images
+        norm = score_norm if score_norm is not None else torch.ones(2)
+        self.register_buffer("score_norm", norm.float())
+
+    @property
+    def uses_positions(self) -> bool:
+        return self.params.position_weight > 0 and self.position_mean.numel() > 0
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, 3, S, S) → patch features (B, h*w, D) and the patch grid (h, w)."""
-        fused = fuse_layers(self.extractor(images), self.params.neighbourhood, self.params.layer_weights)
+        return self._embed_maps(self.extractor(images))
+
+    def _embed_maps(self, feature_maps: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[int, int]]:
+        fused = fuse_layers(feature_maps, self.params.neighbourhood, self.params.layer_weights)
         patches = to_patches(fused.float())
         if self.projection.numel():
             patches = patches @ self.projection
         return patches, (fused.shape[-2], fused.shape[-1])
 
+    def component_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """Raw patch distances (B, h*w), per-position Mahalanobis distances (B, h*w) (empty without
+        position statistics) and the grid (h, w); the training code standardises them with these."""
+        feature_maps = self.extractor(images)
+        patches, grid = self._embed_maps(feature_maps)
+        batch, n_patches, dim = patches.shape
+        distances, _ = nearest(patches.reshape(-1, dim), self.memory_bank, 1, self.bank_squared)
+        positions = (
+            position_distances(position_features(feature_maps), self.position_mean, self.position_precision)
+            if self.position_mean.numel()
+            else torch.empty(0)
+        )
+        return distances.view(batch, n_patches), positions, grid
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Image scores (B,) and anomaly maps (B, S, S), both raw distances, and embeddings (B, D):
-        the feature of each image's most anomalous patch, for clustering defects."""
-        patches, (h, w) = self.embed(images)
+        the feature of each image's most anomalous patch, for clustering defects.
+
+        With position statistics (``position_weight`` > 0) the map is the weighted sum of the two
+        standardised distances and the image score the mean of its highest ``image_top_share``."""
+        feature_maps = self.extractor(images)
+        patches, (h, w) = self._embed_maps(feature_maps)
         batch, n_patches, dim = patches.shape
-        distances, where = nearest(patches.reshape(-1, dim), self.memory_bank, 1, self.bank_squared)
+        if self.params.approximate_search:
+            distances, where = nearest_bfloat16(
+                patches.reshape(-1, dim), self.memory_bank, self.bank_squared, self.bank_bfloat16
+            )
+        else:
+            distances, where = nearest(patches.reshape(-1, dim), self.memory_bank, 1, self.bank_squared)
         patch_scores = distances.view(batch, n_patches)
-        image_scores = self._image_scores(patches, patch_scores, where.view(batch, n_patches))
-        maps = patch_scores_to_map(patch_scores.view(batch, h, w), self.image_size, self.params.sigma)
-        embeddings = patches[torch.arange(batch), patch_scores.argmax(dim=1)]
+        if self.uses_positions:
+            positions = position_distances(
+                position_features(feature_maps), self.position_mean, self.position_precision
+            )
+            grid_scores = blend_scores(patch_scores, positions, self.score_norm, self.params.position_weight)
+            maps = patch_scores_to_map(grid_scores.view(batch, h, w), self.image_size, self.params.sigma)
+            image_scores = top_share_mean(maps, self.params.image_top_share)
+        else:
+            grid_scores = patch_scores
+            image_scores = self._image_scores(patches, patch_scores, where.view(batch, n_patches))
+            maps = patch_scores_to_map(patch_scores.view(batch, h, w), self.image_size, self.params.sigma)
+        embeddings = patches[torch.arange(batch), grid_scores.argmax(dim=1)]
         return image_scores, maps, embeddings
 
     def _image_scores(
@@ -92,6 +159,91 @@ class PatchCoreModel(nn.Module):
         )
         weights = 1.0 - torch.softmax(support_distances, dim=1)[:, 0]
         return weights * scores
+
+
+def _or_empty(tensor: torch.Tensor | None) -> torch.Tensor:
+    return tensor.float().contiguous() if tensor is not None else torch.empty(0)
+
+
+def position_features(feature_maps: list[torch.Tensor]) -> torch.Tensor:
+    """PaDiM's embedding: the raw layers (no local averaging), deeper ones repeated (nearest) onto the
+    finest grid, concatenated: (B, C, h, w) → (B, h*w, C)."""
+    size = feature_maps[0].shape[-2:]
+    layers = [
+        fmap if fmap.shape[-2:] == size else F.interpolate(fmap, size=size, mode="nearest")
+        for fmap in feature_maps
+    ]
+    return to_patches(torch.cat(layers, dim=1).float())
+
+
+def position_distances(
+    features: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor, chunk: int = 128
+) -> torch.Tensor:
+    """Mahalanobis distance of every position's feature to that position's Gaussian: features
+    (B, P, C), mean (P, C), precision (P, C, C), float16 or float32 (computed in float32, ``chunk``
+    positions at a time) → (B, P)."""
+    delta = (features - mean).transpose(0, 1)  # (P, B, C)
+    squared = torch.empty(delta.shape[:2])
+    for start in range(0, delta.shape[0], chunk):
+        block = delta[start : start + chunk]
+        inverse = precision[start : start + chunk].float()
+        squared[start : start + chunk] = (torch.bmm(block, inverse) * block).sum(dim=2)
+    return squared.clamp_min_(0).sqrt_().T
+
+
+def blend_scores(
+    patch_scores: torch.Tensor, position_scores: torch.Tensor, spreads: torch.Tensor, weight: float
+) -> torch.Tensor:
+    """(1 - weight) * patch / its spread + weight * position / its spread: up to a constant, the
+    weighted sum of the two standardised scores (a shift changes no ranking), and still positive."""
+    return (1.0 - weight) * patch_scores / spreads[0] + weight * position_scores / spreads[1]
+
+
+def top_share_mean(maps: torch.Tensor, share: float) -> torch.Tensor:
+    """Mean of the highest ``share`` of each (B, H, W) map's pixels (at least one: the maximum).
+
+    Less noisy than the single maximum: a defect lifts a region, noise a pixel or two."""
+    flat = maps.flatten(1)
+    k = max(1, min(flat.shape[1], round(share * flat.shape[1])))
+    return flat.topk(k, dim=1).values.mean(dim=1)
+
+
+class PositionStatistics:
+    """Streaming per-position mean and covariance of (B, P, C) features, shifted by the first batch's
+    mean so that float32 sums keep their precision; ``precision()`` reuses the sums' memory."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.shift = self.total = self.outer = torch.empty(0)
+
+    def add(self, features: torch.Tensor) -> None:
+        if self.count == 0:
+            self.shift = features.mean(dim=0)
+            positions, channels = self.shift.shape
+            self.total = torch.zeros(positions, channels)
+            self.outer = torch.zeros(positions, channels, channels)
+        centred = (features - self.shift).transpose(0, 1)  # (P, B, C)
+        self.total += centred.sum(dim=1)
+        self.outer.baddbmm_(centred.transpose(1, 2), centred)
+        self.count += features.shape[0]
+
+    def precision(self, eps: float, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (P, C) and inverse covariance (P, C, C, float16), ridge ``eps``; the statistics are
+        consumed."""
+        if self.count < 2:
+            raise ValueError("position statistics need at least 2 images")
+        n = self.count
+        centred_mean = self.total / n
+        eye = eps * torch.eye(self.outer.shape[1])
+        with torch.inference_mode():  # the sums were made there
+            for start in range(0, self.outer.shape[0], chunk):
+                block = self.outer[start : start + chunk]
+                m = centred_mean[start : start + chunk]
+                cov = (block - n * m.unsqueeze(2) * m.unsqueeze(1)) / (n - 1) + eye
+                block.copy_(torch.linalg.inv(cov.double()).float())
+        precision = self.outer.half()  # float16 storage halves its memory; scored in float32
+        self.outer = torch.empty(0)
+        return self.shift + centred_mean, precision
 
 
 def balanced_layer_weights(channels: list[int]) -> tuple[float, ...]:
@@ -134,10 +286,15 @@ def fit_patchcore(
     projection: torch.Tensor | None = None
     guide_projection: torch.Tensor | None = None
     candidates = guide = torch.empty(0)
+    statistics = PositionStatistics() if params.position_weight > 0 else None
     filled = 0
     with torch.inference_mode():
         for images in itertools.chain([first], batch_iter):
-            patches, _ = probe.embed(images)
+            feature_maps = probe.extractor(images)
+            if statistics is not None:
+                statistics.add(position_features(feature_maps))
+            patches, _ = probe._embed_maps(feature_maps)
+            del feature_maps
             _, n_patches, dim = patches.shape
             if filled == 0:
                 if params.projection_dim and dim > params.projection_dim:
@@ -168,4 +325,8 @@ def fit_patchcore(
     chosen = greedy_coreset(guide[:filled], n_select, None, params.seed, progress)
     del guide
     bank = candidates[chosen].float()
-    return PatchCoreModel(extractor, bank, image_size, params, projection)
+    del candidates
+    if statistics is None:
+        return PatchCoreModel(extractor, bank, image_size, params, projection)
+    mean, precision = statistics.precision(params.position_eps)
+    return PatchCoreModel(extractor, bank, image_size, params, projection, mean, precision)

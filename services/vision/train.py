@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from services.vision.backbone import build_feature_extractor, default_layers
 from services.vision.calibration import fit_threshold
 from services.vision.dataset import DatasetError, Roi, SkippedFile, iter_batches, list_train_images
 from services.vision.defects import DefectRules
-from services.vision.patchcore import PatchCoreParams, fit_patchcore
+from services.vision.patchcore import PatchCoreModel, PatchCoreParams, fit_patchcore
 from services.vision.spade import SpadeParams, fit_spade
 
 MIN_TRAIN_IMAGES = 8
@@ -36,6 +36,8 @@ class TrainConfig:
     layers: list[str] | None = None
     image_size: int = 256
     coreset_ratio: float = 0.02
+    position_weight: float = 0.0  # PatchCore: share of the per-position Gaussian score (0 = off)
+    approximate_search: bool = False  # PatchCore: bfloat16 nearest-neighbour choice, exact distance
     layer_weights: tuple[float, ...] | None = None
     holdout: float = 0.15
     target_fpr: float = 0.01
@@ -78,6 +80,20 @@ def _batches(
         yield batch.images
 
 
+def score_spreads(model: PatchCoreModel, batches: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Standard deviations of the patch and the position distances over held-out good images."""
+    patch, position = [], []
+    with torch.inference_mode():
+        for images in batches:
+            patch_scores, position_scores, _ = model.component_scores(images)
+            patch.append(patch_scores.flatten())
+            position.append(position_scores.flatten())
+    if not patch:
+        raise DatasetError("no held-out image could be decoded, cannot standardise the scores")
+    spreads = torch.stack([torch.cat(patch).std(), torch.cat(position).std()])
+    return spreads.clamp_min(1e-6)
+
+
 def train(config: TrainConfig) -> ModelCard:
     """Fit, calibrate and save a detector; returns its card. Unusable images are skipped and listed."""
     started = time.perf_counter()
@@ -91,11 +107,19 @@ def train(config: TrainConfig) -> ModelCard:
     params: PatchCoreParams | SpadeParams
     if config.detector == "patchcore":
         params = PatchCoreParams(
-            coreset_ratio=config.coreset_ratio, layer_weights=config.layer_weights, seed=config.seed
+            coreset_ratio=config.coreset_ratio,
+            layer_weights=config.layer_weights,
+            position_weight=config.position_weight,
+            approximate_search=config.approximate_search,
+            seed=config.seed,
         )
         patchcore = fit_patchcore(
             extractor, batches, len(fit_paths), config.image_size, params, config.progress
         )
+        if patchcore.position_mean.numel():
+            patchcore.score_norm.copy_(
+                score_spreads(patchcore, _batches(holdout_paths, config, [], "score spreads"))
+            )
         model, params = patchcore, patchcore.params  # as fitted, e.g. the balanced layer weights
     elif config.detector == "spade":
         params = SpadeParams(seed=config.seed)

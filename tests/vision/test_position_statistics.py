@@ -1,0 +1,136 @@
+"""Per-position Gaussians blended into PatchCore: exact statistics, scoring, blending, round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from services.vision.artifact import load_artifact, save_artifact
+from services.vision.backbone import FeatureExtractor, build_feature_extractor
+from services.vision.knn import nearest, nearest_bfloat16
+from services.vision.patchcore import (
+    PatchCoreModel,
+    PatchCoreParams,
+    PositionStatistics,
+    blend_scores,
+    fit_patchcore,
+    position_distances,
+    position_features,
+    top_share_mean,
+)
+from services.vision.train import score_spreads
+from tests.vision.test_detectors import SIZE, card_fields, good_images, with_defect
+
+
+def test_streamed_statistics_match_the_direct_estimate() -> None:
+    generator = torch.Generator().manual_seed(0)
+    features = 3.0 + torch.randn(40, 5, 4, generator=generator)  # (images, positions, channels)
+    stats = PositionStatistics()
+    for batch in features.split(7):
+        stats.add(batch)
+    mean, precision = stats.precision(eps=0.01, chunk=2)
+    for p in range(5):
+        x = features[:, p].double()
+        cov = torch.cov(x.T) + 0.01 * torch.eye(4, dtype=torch.float64)
+        assert torch.allclose(mean[p].double(), x.mean(0), atol=1e-5)
+        expected = torch.linalg.inv(cov)
+        assert precision.dtype == torch.float16
+        assert torch.allclose(precision[p].double(), expected, atol=1e-3, rtol=1e-3)
+
+
+def test_too_few_images_for_statistics_is_refused() -> None:
+    stats = PositionStatistics()
+    stats.add(torch.zeros(1, 3, 2))
+    with pytest.raises(ValueError, match="at least 2"):
+        stats.precision(eps=0.01)
+
+
+def test_position_distance_is_the_mahalanobis_distance() -> None:
+    mean = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    precision = torch.stack([torch.diag(torch.tensor([4.0, 1.0])), torch.eye(2)])
+    features = torch.tensor([[[2.0, 2.0], [3.0, 4.0]]])  # one image, two positions
+    expected = torch.tensor([[2.0, 5.0]])
+    assert torch.allclose(position_distances(features, mean, precision, chunk=1), expected)
+    assert torch.allclose(position_distances(features, mean, precision.half()), expected)
+
+
+def test_position_features_repeat_deeper_layers_onto_the_finest_grid() -> None:
+    fine = torch.zeros(1, 2, 4, 4)
+    coarse = torch.arange(4.0).view(1, 1, 2, 2)
+    out = position_features([fine, coarse])
+    assert out.shape == (1, 16, 3)
+    assert out[0, :, 2].view(4, 4)[0].tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_blend_is_a_shifted_weighted_sum_of_standardised_scores() -> None:
+    patch, position = torch.tensor([[1.0, 3.0]]), torch.tensor([[10.0, 30.0]])
+    blended = blend_scores(patch, position, torch.tensor([2.0, 20.0]), 0.25)
+    assert torch.allclose(blended, torch.tensor([[0.75 * 0.5 + 0.25 * 0.5, 0.75 * 1.5 + 0.25 * 1.5]]))
+
+
+def test_top_share_mean_averages_the_highest_pixels() -> None:
+    maps = torch.arange(100.0).view(1, 10, 10)
+    assert top_share_mean(maps, 0.03).item() == pytest.approx(98.0)
+    assert top_share_mean(maps, 0.0).item() == 99.0  # at least the maximum
+
+
+@pytest.fixture(scope="module")
+def extractor(mobilenet_weights: Path) -> FeatureExtractor:
+    return build_feature_extractor("mobilenet_v2", None, mobilenet_weights, "relu")
+
+
+@pytest.fixture(scope="module")
+def blended(extractor: FeatureExtractor) -> PatchCoreModel:
+    params = PatchCoreParams(coreset_ratio=0.1, position_weight=0.5, approximate_search=True)
+    model = fit_patchcore(extractor, [good_images(8, seed) for seed in range(3)], 24, SIZE, params, False)
+    model.score_norm.copy_(score_spreads(model, [good_images(4, 50)]))
+    return model
+
+
+def test_blended_model_scores_defects_higher_and_finds_where(blended: PatchCoreModel) -> None:
+    grid = SIZE // 8
+    assert blended.position_mean.shape == (grid * grid, 32 + 96)
+    assert blended.position_precision.shape == (grid * grid, 128, 128)
+    assert bool((blended.score_norm > 0).all())
+    good = good_images(4, 100)
+    with torch.inference_mode():
+        good_scores, good_maps, _ = blended(good)
+        bad_scores, bad_maps, _ = blended(with_defect(good))
+    assert bad_scores.min() > good_scores.max()
+    assert torch.allclose(good_scores, top_share_mean(good_maps, blended.params.image_top_share))
+    assert bool((good_maps > 0).all())  # positive, as the log-score calibration needs
+    for anomaly_map in bad_maps:
+        y, x = np.unravel_index(int(anomaly_map.argmax()), anomaly_map.shape)
+        assert 70 <= y <= 106 and 10 <= x <= 46
+
+
+def test_zero_position_weight_keeps_plain_patchcore(extractor: FeatureExtractor) -> None:
+    model = fit_patchcore(extractor, [good_images(8, 1)], 8, SIZE, PatchCoreParams(coreset_ratio=0.1), False)
+    assert model.position_mean.numel() == 0 and not model.uses_positions
+
+
+def test_blended_artifact_round_trips(blended: PatchCoreModel, tmp_path: Path) -> None:
+    card = save_artifact(blended, card_fields(blended), tmp_path / "model")
+    assert "position_precision" in card.tensors and card.params["position_weight"] == 0.5
+    loaded, _ = load_artifact(tmp_path / "model")
+    images = with_defect(good_images(2, 300))
+    with torch.inference_mode():
+        for a, b in zip(blended(images), loaded(images), strict=True):
+            assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_bfloat16_search_returns_exact_distances_of_near_best_entries() -> None:
+    generator = torch.Generator().manual_seed(1)
+    bank = torch.randn(300, 64, generator=generator)
+    queries = bank[:50] + 0.3 * torch.randn(50, 64, generator=generator)
+    exact, exact_where = nearest(queries, bank, 1)
+    approx, where = nearest_bfloat16(queries, bank)
+    assert where.shape == (50, 1) and approx.shape == (50, 1)
+    assert torch.allclose(approx[:, 0], torch.linalg.vector_norm(queries - bank[where[:, 0]], dim=1))
+    assert bool((approx >= exact - 1e-5).all())
+    assert (where == exact_where).float().mean() > 0.9
+    with pytest.raises(ValueError, match="empty"):
+        nearest_bfloat16(queries, bank[:0])
