@@ -7,6 +7,10 @@ and 256x256 anomaly maps, so both are measured by the same yardstick.
 
     .venv/bin/python benchmarks/engine_vs_anomalib.py            # both sets, both sides
     .venv/bin/python benchmarks/engine_vs_anomalib.py --skip-peer  # linewatch only
+    .venv/bin/python benchmarks/engine_vs_anomalib.py --peer-from benchmarks/results/earlier.json
+
+linewatch runs twice per set: with its defaults, and with per-position statistics and the
+bfloat16 search (``--position-weight 0.55 --fast-search``; ``--variants`` picks).
 
 The peer needs its own environment (see benchmarks/peer_anomalib.py): `.venv-bench`.
 Prints one table and writes benchmarks/results/engine_vs_anomalib.json.
@@ -61,9 +65,19 @@ def run_measured(command: list[str], log: Path) -> tuple[str, float, float]:
     return out, time.perf_counter() - started, usage.ru_maxrss / 1024.0
 
 
-def linewatch_side(name: str, data: Path, work: Path, coreset: float, log: Path) -> dict[str, Any]:
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "default": ("linewatch PatchCore", []),
+    # per-position Gaussians blended into the map (for parts in a fixture) and the bfloat16 search
+    "positions": ("linewatch PatchCore+positions", ["--position-weight", "0.55", "--fast-search"]),
+}
+
+
+def linewatch_side(
+    name: str, data: Path, work: Path, coreset: float, log: Path, variant: str = "default"
+) -> dict[str, Any]:
     cli = [str(ROOT / ".venv" / "bin" / "linewatch")]
-    model = work / f"linewatch-{name}"
+    side, extra = VARIANTS[variant]
+    model = work / f"linewatch-{name}-{variant}"
     _, _, rss_fit = run_measured(
         [
             *cli,
@@ -86,12 +100,14 @@ def linewatch_side(name: str, data: Path, work: Path, coreset: float, log: Path)
             str(coreset),
             "--threads",
             "2",
+            *extra,
         ],
         log,
     )
     card = json.loads((model / "card.json").read_text())
     row: dict[str, Any] = {
-        "side": "linewatch PatchCore",
+        "side": side,
+        "train_flags": " ".join(extra),
         "coreset": coreset,
         "fit_s": card["training"]["fit_seconds"],
         "rss_fit_mb": rss_fit,
@@ -224,10 +240,17 @@ def main() -> int:
         "--peer-coreset",
         type=float,
         nargs="+",
-        default=[0.05, 0.01],
+        default=[0.05, 0.001],
         help="anomalib PatchCore coreset ratio per set (its selection runs at ~90 picks/s)",
     )
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--peer-from",
+        type=Path,
+        help="take the peer's rows from this earlier result of this script instead of running it again "
+        "(its PatchCore takes about 25 minutes here); the rows are marked with where they came from",
+    )
     parser.add_argument("--peer-models", nargs="+", default=["padim", "patchcore"])
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "engine_vs_anomalib.json"
@@ -237,14 +260,26 @@ def main() -> int:
         print(f"shared weights not found at {WEIGHTS}", file=sys.stderr)
         return 2
     rows: list[dict[str, Any]] = []
+    reused: list[dict[str, Any]] = []
+    if args.peer_from is not None:
+        earlier = json.loads(args.peer_from.read_text())
+        reused = [
+            row | {"measured": f"earlier run: {args.peer_from.name} of {earlier.get('when', 'unknown')}"}
+            for row in earlier["rows"]
+            if not str(row["side"]).startswith("linewatch")
+        ]
     log = args.out.with_suffix(".log")
     log.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="lw-bench-") as tmp:
         work = Path(tmp)
         for i, name in enumerate(args.sets):
             data = SETS[name]
-            print(f"[{name}] linewatch ...", file=sys.stderr, flush=True)
-            rows.append({"set": name, **linewatch_side(name, data, work, args.coreset, log)})
+            for variant in args.variants:
+                print(f"[{name}] linewatch {variant} ...", file=sys.stderr, flush=True)
+                rows.append({"set": name, **linewatch_side(name, data, work, args.coreset, log, variant)})
+            if args.peer_from is not None:
+                rows.extend(row for row in reused if row["set"] == name)
+                continue
             if args.skip_peer:
                 continue
             for model in args.peer_models:
@@ -253,7 +288,17 @@ def main() -> int:
                 rows.append({"set": name, **peer_side(model, name, data, work, coreset, log)})
     print_table(rows)
     args.out.write_text(
-        json.dumps({"threads": 2, "image_size": 256, "layers": LAYERS, "rows": rows}, indent=2) + "\n"
+        json.dumps(
+            {
+                "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "threads": 2,
+                "image_size": 256,
+                "layers": LAYERS,
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
     )
     print(f"\nwritten {args.out}", file=sys.stderr)
     return 0
