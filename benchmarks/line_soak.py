@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +51,18 @@ from services.storage.sqlite_record_store import SqliteRecordStore
 from services.stream.runtime import Line, LineOptions
 
 
-def rss_mb() -> float:
-    """This process's resident set size in MB (VmRSS from /proc/self/status)."""
+def status_mb(field: str) -> float:
+    """A size from /proc/self/status in MB (VmRSS, RssAnon, RssFile, ...)."""
     with open("/proc/self/status", encoding="ascii") as status:
         for row in status:
-            if row.startswith("VmRSS:"):
+            if row.startswith(f"{field}:"):
                 return int(row.split()[1]) / 1024.0
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def rss_mb() -> float:
+    """This process's resident set size in MB (VmRSS)."""
+    return status_mb("VmRSS")
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,8 @@ class Sample:
     frames: int  # records stored when the sample was taken
     seconds: float  # since the line started
     rss_mb: float
+    anon_mb: float = field(default_factory=lambda: status_mb("RssAnon"))  # heap, arenas, tensors
+    file_mb: float = field(default_factory=lambda: status_mb("RssFile"))  # mapped files, libraries
 
 
 class RssSampler:
@@ -171,11 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     second_half = slope_mb_per_1000([s for s in samples if s.frames >= args.frames / 2])
     flat = last_growth <= args.flat_mb
     rows: list[dict[str, Any]] = [
-        {"frames": s.frames, "seconds": round(s.seconds, 1), "rss_mb": round(s.rss_mb, 1)} for s in samples
+        {
+            "frames": s.frames if s is not after else "ended",
+            "seconds": round(s.seconds, 1),
+            "rss_mb": round(s.rss_mb, 1),
+            "anon_mb": round(s.anon_mb, 1),
+            "file_mb": round(s.file_mb, 1),
+        }
+        for s in [*samples, *([after] if after is not None else [])]
     ]
-    if after is not None:
-        rows.append({"frames": "ended", "seconds": round(after.seconds, 1), "rss_mb": round(after.rss_mb, 1)})
-    print_table(rows, ["frames", "seconds", "rss_mb"])
+    print_table(rows, ["frames", "seconds", "rss_mb", "anon_mb", "file_mb"])
     summary_row = {
         "frames": stored,
         "seconds": round(summary.wall_s, 1),
