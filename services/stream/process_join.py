@@ -21,6 +21,10 @@ from services.stream.rejects import reject
 DEFAULT_MAX_AGE_S = 5.0
 DEFAULT_SKEW_S = 2.0
 DEFAULT_MAX_SAMPLES = 10_000
+DEFAULT_RETENTION_S = 600.0
+"""Process history kept behind the newest sample of a line: frames are joined within seconds of
+capture, so ten minutes covers any queue; the history's memory then stops growing within minutes."""
+TRIM_EVERY = 256  # trim in bulk once this many samples are past the retention window
 
 
 def future_timestamp(ts: datetime, now: datetime, skew_s: float) -> bool:
@@ -53,10 +57,12 @@ class ProcessHistory:
         max_age_s: float = DEFAULT_MAX_AGE_S,
         skew_s: float = DEFAULT_SKEW_S,
         max_samples: int = DEFAULT_MAX_SAMPLES,
+        retention_s: float = DEFAULT_RETENTION_S,
     ) -> None:
-        if max_age_s < 0 or skew_s < 0 or max_samples < 1:
-            raise ValueError("max_age_s and skew_s must be >= 0 and max_samples >= 1")
+        if max_age_s < 0 or skew_s < 0 or max_samples < 1 or retention_s <= 0:
+            raise ValueError("max_age_s and skew_s must be >= 0, max_samples >= 1 and retention_s > 0")
         self.max_age_s, self.skew_s, self.max_samples = max_age_s, skew_s, max_samples
+        self.retention = timedelta(seconds=retention_s)
         self._lines: dict[str, _LineSamples] = {}
 
     def add(self, sample: ProcessSample, now: datetime | None = None) -> DeadLetter | None:
@@ -71,6 +77,10 @@ class ProcessHistory:
         line.samples.insert(at, sample)
         if len(line.times) > 2 * self.max_samples:  # trim in bulk: O(1) amortised per sample
             del line.times[: -self.max_samples], line.samples[: -self.max_samples]
+        # older than the retention window: dropped, but the one in force at its start is kept
+        expired = bisect.bisect_left(line.times, line.times[-1] - self.retention) - 1
+        if expired >= TRIM_EVERY:
+            del line.times[:expired], line.samples[:expired]
         return None
 
     def latest_ts(self, line_id: str) -> datetime | None:

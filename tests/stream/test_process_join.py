@@ -10,7 +10,7 @@ from schemas.blob import BlobRef
 from schemas.frame import Frame
 from schemas.process import ProcessSample
 from services.ingest.frame_ids import replay_frame_id
-from services.stream.process_join import ProcessHistory, check_capture_time
+from services.stream.process_join import TRIM_EVERY, ProcessHistory, check_capture_time
 from services.stream.rejects import reason_code
 
 T0 = datetime(2025, 3, 4, 8, 0, 0, tzinfo=UTC)
@@ -82,6 +82,19 @@ def test_history_is_bounded_and_keeps_the_newest_samples() -> None:
     h = history(*(sample(i, float(i)) for i in range(50)), max_samples=10)
     assert h.snapshot("line-1", at(49)).params == {"mould_temp_c": 49.0}
     assert h.snapshot("line-1", at(5)).status == "missing"  # long trimmed away
+
+
+def test_history_older_than_the_retention_window_is_dropped_but_the_join_at_its_start_holds() -> None:
+    h = ProcessHistory(skew_s=2.0, retention_s=600)
+    for i in range(2000):  # one sample a second for 2,000 s
+        assert h.add(sample(i, float(i)), NOW) is None
+    kept = h._lines["line-1"].times
+    assert len(kept) <= 600 + TRIM_EVERY + 1  # memory stops growing with the window
+    assert h.snapshot("line-1", at(1999)).params == {"mould_temp_c": 1999.0}
+    assert h.snapshot("line-1", at(1999 - 600)).params == {"mould_temp_c": 1399.0}  # window start
+    assert h.snapshot("line-1", at(100)).status == "missing"  # long gone
+    with pytest.raises(ValueError, match="retention_s"):
+        ProcessHistory(retention_s=0)
 
 
 def test_a_sample_from_the_future_beyond_the_skew_is_a_dead_letter() -> None:
