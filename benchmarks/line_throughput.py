@@ -257,6 +257,15 @@ def warm_up(inspector: Inspector, rendered: Rendered, batch: int) -> None:
         inspector.interpret(raw, [(image.shape[0], image.shape[1]) for image in images])
 
 
+def detect_chunk(inspector: Inspector, chunk: list[CapturedFrame]) -> float:
+    """Decode, preprocess, score and interpret one batch; its milliseconds."""
+    batch_start = time.perf_counter()
+    images = [decode_image(item.data or b"", item.source_ref) for item in chunk]
+    raw = inspector.score_batch(inspector.preprocess(images))
+    inspector.interpret(raw, [(image.shape[0], image.shape[1]) for image in images])
+    return (time.perf_counter() - batch_start) * 1000.0
+
+
 def run_bare(inspector: Inspector, rendered: Rendered, count: int, batch: int) -> Run:
     """Decode, preprocess, score and interpret ``count`` frames in batches of ``batch``, one loop."""
     source = MemoryFrameSource(rendered, count, tag="bare")
@@ -265,11 +274,8 @@ def run_bare(inspector: Inspector, rendered: Rendered, count: int, batch: int) -
     with Meter() as meter:
         for at in range(0, len(captured), batch):
             chunk = captured[at : at + batch]
-            batch_start = time.perf_counter()
-            images = [decode_image(item.data or b"", item.source_ref) for item in chunk]
-            raw = inspector.score_batch(inspector.preprocess(images))
-            inspector.interpret(raw, [(image.shape[0], image.shape[1]) for image in images])
-            latencies.extend([(time.perf_counter() - batch_start) * 1000.0] * len(chunk))
+            latency_ms = detect_chunk(inspector, chunk)
+            latencies.extend([latency_ms] * len(chunk))
     return Run("bare", len(captured), meter.seconds, meter.cpu, meter.others_share, latencies)
 
 
@@ -292,12 +298,9 @@ def run_bare_split(
                 chunk = next(chunks, None)
             if chunk is None:
                 return
-            batch_start = time.perf_counter()
-            images = [decode_image(item.data or b"", item.source_ref) for item in chunk]
-            raw = inspector.score_batch(inspector.preprocess(images))
-            inspector.interpret(raw, [(image.shape[0], image.shape[1]) for image in images])
+            latency_ms = detect_chunk(inspector, chunk)
             with lock:
-                latencies.extend([(time.perf_counter() - batch_start) * 1000.0] * len(chunk))
+                latencies.extend([latency_ms] * len(chunk))
 
     with Meter() as meter:
         threads = [threading.Thread(target=work, name=f"bare-{i}") for i in range(workers)]

@@ -38,7 +38,7 @@ def test_the_heat_map_keeps_the_frames_shape_within_the_side_limit(
     width: int, height: int, expected: tuple[int, int]
 ) -> None:
     assert heatmap_size(width, height) == expected
-    assert max(expected) <= max(HEATMAP_MAX_SIDE, max(width, height) if max(width, height) < 128 else 0)
+    assert max(expected) <= HEATMAP_MAX_SIDE
 
 
 def test_a_heat_map_round_trips_to_within_one_level() -> None:

@@ -8,7 +8,7 @@ from schemas.inspection import Inspection
 from services.api.context import Context
 from services.api.filters import PARAM_HELP, inspection_filters
 from services.api.models import InspectionPage
-from services.api.thumbnails import frame_pixels, overlay_of, shrink_png
+from services.api.thumbnails import frame_pixels, overlay_of, shrink
 from services.storage.query import InspectionQuery
 from services.vision.overlay import decode_heatmap, encode_png
 
@@ -66,7 +66,9 @@ def inspection_overlay(
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"the heat map of inspection {frame_id} is no longer in the blob store"
         ) from None
-    data = encode_png(overlay_of(inspection, heatmap, frame_pixels(context.blobs, inspection)))
+    overlay = overlay_of(inspection, heatmap, frame_pixels(context.blobs, inspection))
     if max_side is not None:
-        data = shrink_png(data, max_side)
-    return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+        overlay = shrink(overlay, max_side)
+    return Response(
+        encode_png(overlay), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
+    )
