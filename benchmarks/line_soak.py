@@ -46,8 +46,8 @@ from line_throughput import (
 )
 from tqdm import tqdm
 
-from services.storage.file_blob_store import FileBlobStore
 from services.storage.sqlite_record_store import SqliteRecordStore
+from services.storage.stores import open_blob_store
 from services.stream.runtime import Line, LineOptions
 
 
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         rendered = render(min(args.distinct, args.frames), args.seed, args.size)
         frames = MemoryFrameSource(rendered, args.frames, tag="soak")
         process = MemoryProcessSource(rendered, int(args.frames * FRAME_PERIOD_S) + 2)
-        records, blobs = SqliteRecordStore(work / "records.db"), FileBlobStore(work / "blobs")
+        records, blobs = SqliteRecordStore(work / "records.db"), open_blob_store((work / "blobs").as_uri())
         try:
             line = Line([frames], [process], {rendered.recipe: inspector}, records, blobs, options)
             with RssSampler(line, args.every, args.frames) as sampler:
@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             stored = records.count_inspections()
         finally:
             records.close()
+        blobs.close()
         db_mb = sum(p.stat().st_size for p in work.glob("records.db*")) / 1e6
         blobs_mb = disk_mb(work / "blobs")
     if stored != args.frames or summary.frame_dead_letters:

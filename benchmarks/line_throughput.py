@@ -55,8 +55,8 @@ from schemas.process import ProcessSample
 from services.ingest.frame_ids import replay_frame_id
 from services.ingest.ports import CapturedFrame
 from services.ingest.synthetic import DEFAULT_START, ProcessState, SyntheticLine, write_dataset
-from services.storage.file_blob_store import FileBlobStore
 from services.storage.sqlite_record_store import SqliteRecordStore
+from services.storage.stores import open_blob_store
 from services.stream.runtime import Line, LineOptions, detector_plan, set_torch_threads
 from services.stream.steps import encode_frame
 from services.stream.summary import LineSummary
@@ -317,7 +317,7 @@ def run_line(
     """The embedded line over ``count`` frames into fresh stores under ``work``."""
     frames = MemoryFrameSource(rendered, count, tag="line")
     process = MemoryProcessSource(rendered, int(count * FRAME_PERIOD_S) + 2)
-    records, blobs = SqliteRecordStore(work / "records.db"), FileBlobStore(work / "blobs")
+    records, blobs = SqliteRecordStore(work / "records.db"), open_blob_store((work / "blobs").as_uri())
     try:
         line = Line([frames], [process], {rendered.recipe: inspector}, records, blobs, options)
         with Meter() as meter:
@@ -325,6 +325,7 @@ def run_line(
         stored = records.count_inspections()
     finally:
         records.close()
+        blobs.close()
     check_line(summary, count, stored)
     latencies = list(summary.latencies_ms)
     return Run("line", summary.inspected, summary.wall_s, meter.cpu, meter.others_share, latencies), line

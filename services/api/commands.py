@@ -59,10 +59,12 @@ def serve(settings: ApiSettings, records_url: str, blobs_url: str, model_dir: Pa
 
     inspector = Inspector.load(model_dir) if model_dir else None
     records = open_record_store(records_url)
+    blobs = open_blob_store(blobs_url)
     try:
-        app = create_app(settings, records, open_blob_store(blobs_url), inspector)
+        app = create_app(settings, records, blobs, inspector)
     except ValueError as err:
         records.close()
+        blobs.close()
         print(f"linewatch serve: error: {err}", file=sys.stderr)
         return 2
     model = f"model {inspector.card.name} {inspector.card.version}" if inspector else "no model"
@@ -78,4 +80,5 @@ def serve(settings: ApiSettings, records_url: str, blobs_url: str, model_dir: Pa
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     finally:
         records.close()
+        blobs.close()
     return 0

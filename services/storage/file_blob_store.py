@@ -1,4 +1,8 @@
-"""BlobStore adapter on the local file system: ``root/ab/cd/<sha256>.<encoding>``, written atomically."""
+"""BlobStore adapter on the local file system: ``root/ab/<sha256>.<encoding>``, written atomically.
+
+One level of 256 folders: a new blob seldom needs a new folder (two levels made one for nearly
+every blob until tens of thousands were stored, a third of the cost of a put). Blobs written under
+the older two-level layout (``root/ab/cd/<sha256>.<encoding>``) stay readable by their URIs."""
 
 import errno
 import hashlib
@@ -45,12 +49,16 @@ class FileBlobStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._folders: set[Path] = set()  # folders known to exist
+
+    def close(self) -> None:
+        """Nothing to release: every operation opens and closes its own files."""
 
     def put(self, data: bytes, encoding: str, width: int, height: int) -> BlobRef:
         if encoding not in _ENCODINGS:
             raise ValueError(f"unsupported blob encoding {encoding!r}; expected one of {_ENCODINGS}")
         sha256 = hashlib.sha256(data).hexdigest()
-        path = self.root / sha256[:2] / sha256[2:4] / f"{sha256}.{encoding}"
+        path = self.root / sha256[:2] / f"{sha256}.{encoding}"
         ref = BlobRef(
             uri=path.as_uri(),
             sha256=sha256,
@@ -90,11 +98,22 @@ class FileBlobStore:
             raise ValueError(f"blob URI {uri!r} does not name a blob (<sha256>.<encoding>)")
         return path
 
+    def _temporary_file(self, path: Path) -> tuple[int, str]:
+        """A new temporary file beside ``path`` (its folder made when missing)."""
+        folder = path.parent
+        if folder not in self._folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._folders.add(folder)
+        try:
+            return tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=path.suffix)
+        except FileNotFoundError:  # the folder was removed since: make it again
+            folder.mkdir(parents=True, exist_ok=True)
+            return tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=path.suffix)
+
     def _write_atomically(self, path: Path, data: bytes) -> None:
         tmp: Path | None = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+            fd, tmp_name = self._temporary_file(path)
             os.close(fd)
             tmp = Path(tmp_name)
             _write_durably(tmp, data)

@@ -20,6 +20,8 @@ class BlobStore(Protocol):
 
     def exists(self, uri: str) -> bool: ...
 
+    def close(self) -> None: ...
+
 
 class RecordStore(Protocol):
     """Inspections, dead letters and alerts. Writes are idempotent where the record has a key."""

@@ -1,9 +1,9 @@
 """Open a store by URL, the way every linewatch setting names one: ``sqlite:///runs/records.db``
 (relative; ``sqlite:////abs/path.db`` is absolute) or ``file:///var/linewatch/blobs``."""
 
-from services.storage.file_blob_store import FileBlobStore
 from services.storage.ports import BlobStore, RecordStore
 from services.storage.sqlite_record_store import SqliteRecordStore
+from services.storage.tiered_blob_store import TieredBlobStore
 from services.storage.urls import file_url_to_path, sqlite_url_to_path
 
 RECORD_STORE_SCHEMES = ("sqlite",)
@@ -27,10 +27,11 @@ def open_record_store(url: str) -> RecordStore:
 
 
 def open_blob_store(url: str) -> BlobStore:
-    """The blob store named by ``url``; supported schemes: file."""
+    """The blob store named by ``url``; supported schemes: file (frames as files under the
+    directory, heat maps and other small blobs in its ``small-blobs.db``)."""
     scheme = _scheme(url)
     if scheme == "file":
-        return FileBlobStore(file_url_to_path(url))
+        return TieredBlobStore.at(file_url_to_path(url))
     raise ValueError(
         f"unsupported blob store URL {url!r}: scheme {scheme!r} is not one of "
         f"{', '.join(s + '://' for s in BLOB_STORE_SCHEMES)} (e.g. file:///var/linewatch/blobs)"

@@ -112,6 +112,7 @@ def run_line_command(args: argparse.Namespace) -> int:
         return 2
     finally:
         records.close()
+        blobs.close()
     _print_summary(summary.lines())
     return 0 if summary.stopped_by in (None, "interrupted") else 1
 

@@ -98,6 +98,7 @@ def run_demo(options: DemoOptions) -> LineSummary:
         summary = run_line(line, server)
     finally:
         records.close()
+        blobs.close()
     print(f"records in {workdir / 'records.db'}, frames and heat maps in {workdir / 'blobs'}")
     print(
         f"look again later: linewatch serve --records sqlite:///{workdir / 'records.db'} --blobs {blobs_url}"

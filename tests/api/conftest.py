@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 from services.api.app import create_app
 from services.api.settings import ApiSettings
 from services.ingest.synthetic import write_dataset
-from services.storage.file_blob_store import FileBlobStore
 from services.storage.sqlite_record_store import SqliteRecordStore
+from services.storage.tiered_blob_store import TieredBlobStore
 from services.vision.inspector import Inspector
 from services.vision.train import TrainConfig, train
 
@@ -31,8 +31,11 @@ def records(tmp_path: Path) -> Iterator[SqliteRecordStore]:
 
 
 @pytest.fixture
-def blobs(tmp_path: Path) -> FileBlobStore:
-    return FileBlobStore(tmp_path / "blobs")
+def blobs(tmp_path: Path) -> Iterator[TieredBlobStore]:
+    """The blob store `linewatch serve` opens: frames as files, heat maps in small-blobs.db."""
+    store = TieredBlobStore.at(tmp_path / "blobs")
+    yield store
+    store.close()
 
 
 @pytest.fixture
@@ -41,7 +44,7 @@ def settings() -> ApiSettings:
 
 
 @pytest.fixture
-def client(settings: ApiSettings, records: SqliteRecordStore, blobs: FileBlobStore) -> TestClient:
+def client(settings: ApiSettings, records: SqliteRecordStore, blobs: TieredBlobStore) -> TestClient:
     """A client of the API without a model that sends the right key."""
     return TestClient(create_app(settings, records, blobs), headers={"X-API-Key": API_KEY})
 

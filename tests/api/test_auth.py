@@ -7,8 +7,8 @@ from pydantic import ValidationError
 from services.api.app import create_app
 from services.api.auth import key_matches
 from services.api.settings import ApiSettings, hash_key
-from services.storage.file_blob_store import FileBlobStore
 from services.storage.sqlite_record_store import SqliteRecordStore
+from services.storage.tiered_blob_store import TieredBlobStore
 from tests.api.conftest import API_KEY
 
 PROTECTED = ["/v1/inspections", "/v1/ng-rate", "/v1/status", "/v1/dead-letters", "/v1/alerts", "/metrics"]
@@ -50,7 +50,7 @@ def test_health_docs_and_dashboard_page_are_public(anonymous: TestClient, path: 
 
 
 def test_a_configured_hash_accepts_its_key_but_not_the_hash_itself(
-    records: SqliteRecordStore, blobs: FileBlobStore
+    records: SqliteRecordStore, blobs: TieredBlobStore
 ) -> None:
     digest = hash_key("line-2-aoi")
     client = TestClient(create_app(ApiSettings(key_hashes=[digest.upper()]), records, blobs))
@@ -75,14 +75,14 @@ def test_a_malformed_hash_is_refused_without_echoing_it() -> None:
 
 
 def test_keys_may_be_switched_off_for_a_closed_network(
-    records: SqliteRecordStore, blobs: FileBlobStore
+    records: SqliteRecordStore, blobs: TieredBlobStore
 ) -> None:
     client = TestClient(create_app(ApiSettings(auth_required=False), records, blobs))
     assert client.get("/v1/inspections").status_code == 200
 
 
 def test_the_app_refuses_to_start_without_keys_when_they_are_required(
-    records: SqliteRecordStore, blobs: FileBlobStore
+    records: SqliteRecordStore, blobs: TieredBlobStore
 ) -> None:
     with pytest.raises(ValueError, match="LINEWATCH_API_KEYS"):
         create_app(ApiSettings(), records, blobs)

@@ -18,8 +18,8 @@ from fastapi import FastAPI
 from services.api.app import create_app
 from services.api.settings import ApiSettings
 from services.ingest.synthetic import render_part
-from services.storage.file_blob_store import FileBlobStore
 from services.storage.sqlite_record_store import SqliteRecordStore
+from services.storage.tiered_blob_store import TieredBlobStore
 from services.vision.inspector import Inspector
 from services.vision.overlay import encode_png
 from tests.api.conftest import API_KEY
@@ -90,7 +90,7 @@ def browser_app(tmp_path: Path, tiny_inspector: Inspector) -> Iterator[FastAPI]:
     with SqliteRecordStore(tmp_path / "records.db") as records:
         records.add_alert(make_alert(line_id="line-1", at=datetime.now(UTC) - timedelta(minutes=3)))
         yield create_app(
-            ApiSettings(keys=[API_KEY]), records, FileBlobStore(tmp_path / "blobs"), tiny_inspector
+            ApiSettings(keys=[API_KEY]), records, TieredBlobStore.at(tmp_path / "blobs"), tiny_inspector
         )
 
 

@@ -6,8 +6,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.api.app import create_app
 from services.api.settings import ApiSettings
-from services.storage.file_blob_store import FileBlobStore
 from services.storage.sqlite_record_store import SqliteRecordStore
+from services.storage.tiered_blob_store import TieredBlobStore
 from tests.api.conftest import API_KEY
 from tests.api.factories import make_inspection
 
@@ -39,7 +39,7 @@ def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 
 def test_metrics_are_prometheus_text_with_the_line_and_the_api(
-    settings: ApiSettings, records: SqliteRecordStore, blobs: FileBlobStore
+    settings: ApiSettings, records: SqliteRecordStore, blobs: TieredBlobStore
 ) -> None:
     line_registry = CollectorRegistry()
     Counter("linewatch_line_frames", "Frames off the line", registry=line_registry).inc(7)

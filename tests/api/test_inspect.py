@@ -1,6 +1,5 @@
 """POST /v1/inspect with a real (tiny) trained model: verdicts, defects, stored records, dead letters."""
 
-import hashlib
 from datetime import UTC, datetime
 
 import cv2
@@ -11,8 +10,8 @@ from fastapi.testclient import TestClient
 from services.api.app import create_app
 from services.api.settings import ApiSettings
 from services.ingest.synthetic import render_part
-from services.storage.file_blob_store import FileBlobStore
 from services.storage.sqlite_record_store import SqliteRecordStore
+from services.storage.tiered_blob_store import TieredBlobStore
 from services.vision.inspector import Inspector
 from services.vision.overlay import encode_png
 from tests.api.conftest import API_KEY
@@ -22,7 +21,7 @@ FIELDS = {"line_id": "line-1", "station_id": "station-1", "camera_id": "cam-1", 
 
 @pytest.fixture
 def model_client(
-    settings: ApiSettings, records: SqliteRecordStore, blobs: FileBlobStore, tiny_inspector: Inspector
+    settings: ApiSettings, records: SqliteRecordStore, blobs: TieredBlobStore, tiny_inspector: Inspector
 ) -> TestClient:
     return TestClient(create_app(settings, records, blobs, tiny_inspector), headers={"X-API-Key": API_KEY})
 
@@ -33,7 +32,7 @@ def _overlaps(a: dict[str, int], b: tuple[int, int, int, int]) -> bool:
 
 
 def test_a_part_with_a_sink_mark_is_ng_with_the_defect_outlined(
-    model_client: TestClient, records: SqliteRecordStore, blobs: FileBlobStore
+    model_client: TestClient, records: SqliteRecordStore, blobs: TieredBlobStore
 ) -> None:
     image, _, planted = render_part(np.random.default_rng(0), ["sink_mark"])
     png = encode_png(image)
@@ -51,16 +50,11 @@ def test_a_part_with_a_sink_mark_is_ng_with_the_defect_outlined(
     stored = records.get_inspection(result["frame_id"])
     assert stored is not None and stored.verdict == "NG" and stored.part_id == "P-000123"
     assert set(stored.timings_ms) >= {"decode", "infer"}
-    assert blobs.exists((blobs.root / _blob_path(png)).as_uri())  # the frame, kept as uploaded
+    assert stored.image is not None and blobs.get(stored.image.uri) == png  # the frame, kept as uploaded
     assert result["heatmap_url"] == f"http://testserver/v1/inspections/{result['frame_id']}/overlay.png"
     overlay = model_client.get(result["heatmap_url"])
     decoded = cv2.imdecode(np.frombuffer(overlay.content, np.uint8), cv2.IMREAD_COLOR)
     assert decoded is not None and decoded.shape[:2] == image.shape[:2]
-
-
-def _blob_path(data: bytes) -> str:
-    digest = hashlib.sha256(data).hexdigest()
-    return f"{digest[:2]}/{digest[2:4]}/{digest}.png"
 
 
 def test_the_same_part_without_the_defect_is_ok(model_client: TestClient) -> None:

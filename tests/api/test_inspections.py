@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from schemas.inspection import Inspection
-from services.storage.file_blob_store import FileBlobStore
 from services.storage.sqlite_record_store import SqliteRecordStore
+from services.storage.tiered_blob_store import TieredBlobStore
 from services.vision.overlay import NO_FRAME_GREY
 from tests.api.factories import FRAME_HW, T0, WARM_BOX, make_inspection
 
@@ -110,7 +110,7 @@ def _decode(png: bytes) -> np.ndarray:
 
 
 def test_the_overlay_is_the_heat_map_over_the_frame_with_the_defects_boxed(
-    client: TestClient, records: SqliteRecordStore, blobs: FileBlobStore
+    client: TestClient, records: SqliteRecordStore, blobs: TieredBlobStore
 ) -> None:
     inspection = make_inspection(blobs, verdict="NG", locations=("center",))
     records.upsert_inspection(inspection)
@@ -132,7 +132,7 @@ def test_the_overlay_is_the_heat_map_over_the_frame_with_the_defects_boxed(
 
 
 def test_without_the_frame_the_overlay_is_drawn_over_grey(
-    client: TestClient, records: SqliteRecordStore, blobs: FileBlobStore
+    client: TestClient, records: SqliteRecordStore, blobs: TieredBlobStore
 ) -> None:
     """keep_frames: false deletes frames; the heat map and the boxes are still shown."""
     records.upsert_inspection(inspection := make_inspection(blobs, verdict="NG", locations=("center",)))
@@ -148,7 +148,7 @@ def test_without_the_frame_the_overlay_is_drawn_over_grey(
 
 
 def test_overlay_thumbnail_is_scaled_down(
-    client: TestClient, records: SqliteRecordStore, blobs: FileBlobStore
+    client: TestClient, records: SqliteRecordStore, blobs: TieredBlobStore
 ) -> None:
     records.upsert_inspection(inspection := make_inspection(blobs))
     response = client.get(f"/v1/inspections/{inspection.frame_id}/overlay.png?max_side=32")
@@ -156,7 +156,7 @@ def test_overlay_thumbnail_is_scaled_down(
 
 
 def test_overlay_is_404_without_a_heat_map(
-    client: TestClient, records: SqliteRecordStore, blobs: FileBlobStore
+    client: TestClient, records: SqliteRecordStore, blobs: TieredBlobStore
 ) -> None:
     records.upsert_inspection(never_stored := make_inspection())
     records.upsert_inspection(deleted := make_inspection(blobs))

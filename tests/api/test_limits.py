@@ -13,8 +13,8 @@ from starlette.types import Message, Receive, Scope, Send
 from services.api.app import create_app
 from services.api.limits import BodySizeLimitMiddleware
 from services.api.settings import ApiSettings
-from services.storage.file_blob_store import FileBlobStore
 from services.storage.sqlite_record_store import SqliteRecordStore
+from services.storage.tiered_blob_store import TieredBlobStore
 from tests.api.conftest import API_KEY
 
 LIMIT = 4096
@@ -23,7 +23,7 @@ TOO_LARGE = {"detail": f"request body is larger than the limit of {LIMIT} bytes"
 
 
 @pytest.fixture
-def small_client(records: SqliteRecordStore, blobs: FileBlobStore) -> TestClient:
+def small_client(records: SqliteRecordStore, blobs: TieredBlobStore) -> TestClient:
     settings = ApiSettings(keys=[API_KEY], max_request_bytes=LIMIT)
     return TestClient(create_app(settings, records, blobs), headers={"X-API-Key": API_KEY})
 

@@ -8,8 +8,8 @@ from schemas.dead_letter import DeadLetter
 from schemas.inspection import Verdict
 from services.api.app import create_app
 from services.api.settings import ApiSettings
-from services.storage.file_blob_store import FileBlobStore
 from services.storage.sqlite_record_store import SqliteRecordStore
+from services.storage.tiered_blob_store import TieredBlobStore
 from tests.api.conftest import API_KEY
 from tests.api.factories import T0, make_alert, make_inspection
 
@@ -62,7 +62,7 @@ def test_ng_rate_needs_a_positive_bucket(client: TestClient) -> None:
 
 
 def test_status_per_camera_over_the_window(
-    settings: ApiSettings, records: SqliteRecordStore, blobs: FileBlobStore
+    settings: ApiSettings, records: SqliteRecordStore, blobs: TieredBlobStore
 ) -> None:
     now = datetime.now(UTC)
     verdicts: list[tuple[int, Verdict]] = [(1, "NG"), (2, "OK"), (3, "OK"), (4, "NG"), (30, "NG")]

@@ -26,7 +26,7 @@ def test_put_then_get_returns_the_bytes(store: FileBlobStore) -> None:
     assert ref.uri.startswith("file:///")
     assert ref.size_bytes == len(PNG_BYTES)
     assert (ref.width, ref.height, ref.encoding) == (64, 32, "png")
-    assert ref.uri.endswith(f"/{ref.sha256[:2]}/{ref.sha256[2:4]}/{ref.sha256}.png")
+    assert ref.uri.endswith(f"/{ref.sha256[:2]}/{ref.sha256}.png")
     assert store.exists(ref.uri)
     assert store.get(ref.uri) == PNG_BYTES
 
@@ -65,8 +65,8 @@ def test_uris_outside_the_root_are_refused(store: FileBlobStore, tmp_path: Path)
     ref = store.put(PNG_BYTES, "png", 64, 32)
     escaping = [
         secret.as_uri(),
-        ref.uri.rsplit("/", 3)[0] + "/../secret.png",
-        ref.uri.rsplit("/", 3)[0] + "/%2e%2e/secret.png",
+        ref.uri.rsplit("/", 2)[0] + "/../secret.png",
+        ref.uri.rsplit("/", 2)[0] + "/%2e%2e/secret.png",
         "file:///etc/passwd",
     ]
     link = store.root / "ab" / "link.png"
@@ -118,3 +118,22 @@ def test_other_write_errors_pass_through_and_leave_no_file(
     with pytest.raises(PermissionError):
         store.put(PNG_BYTES, "png", 64, 32)
     assert _files(store.root) == []
+
+
+def test_blobs_of_the_older_two_level_layout_stay_readable(store: FileBlobStore) -> None:
+    ref = store.put(PNG_BYTES, "png", 64, 32)
+    old_path = store.root / ref.sha256[:2] / ref.sha256[2:4] / f"{ref.sha256}.png"
+    old_path.parent.mkdir(parents=True)
+    Path(ref.uri.removeprefix("file://")).rename(old_path)
+    assert store.exists(old_path.as_uri())
+    assert store.get(old_path.as_uri()) == PNG_BYTES
+
+
+def test_a_folder_removed_behind_the_store_is_made_again(store: FileBlobStore) -> None:
+    ref = store.put(PNG_BYTES, "png", 64, 32)
+    folder = Path(ref.uri.removeprefix("file://")).parent
+    for path in folder.iterdir():
+        path.unlink()
+    folder.rmdir()
+    again = store.put(PNG_BYTES, "png", 64, 32)
+    assert store.get(again.uri) == PNG_BYTES

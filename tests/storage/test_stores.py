@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from services.storage.file_blob_store import FileBlobStore
 from services.storage.sqlite_record_store import SqliteRecordStore
 from services.storage.stores import open_blob_store, open_record_store
+from services.storage.tiered_blob_store import SMALL_BLOBS_FILE, TieredBlobStore
 from services.storage.urls import file_url_to_path, sqlite_url_to_path
 
 
@@ -17,10 +17,14 @@ def test_sqlite_url_opens_a_sqlite_record_store(tmp_path: Path) -> None:
         store.close()
 
 
-def test_file_url_opens_a_file_blob_store(tmp_path: Path) -> None:
+def test_file_url_opens_files_with_a_small_blob_database_beside_them(tmp_path: Path) -> None:
     store = open_blob_store((tmp_path / "blobs").as_uri())
-    assert isinstance(store, FileBlobStore)
-    assert store.root == (tmp_path / "blobs").resolve()
+    assert isinstance(store, TieredBlobStore)
+    try:
+        assert store.root == (tmp_path / "blobs").resolve()
+        assert (tmp_path / "blobs" / SMALL_BLOBS_FILE).is_file()
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(

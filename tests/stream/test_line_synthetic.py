@@ -23,7 +23,9 @@ from services.ingest.synthetic import SyntheticLine, SyntheticPart
 from services.ingest.synthetic_source import SyntheticSource, captured_part
 from services.storage.errors import BlobStoreFull
 from services.storage.file_blob_store import FileBlobStore
+from services.storage.ports import BlobStore
 from services.storage.sqlite_record_store import SqliteRecordStore
+from services.storage.tiered_blob_store import TieredBlobStore
 from services.stream.runtime import Line, LineOptions
 from services.stream.steps import encode_frame
 from services.stream.summary import LineSummary
@@ -37,7 +39,7 @@ PARTS = 40
 
 
 def run_line(
-    inspector: Inspector, records: SqliteRecordStore, blobs: FileBlobStore, parts: int = PARTS, **options: Any
+    inspector: Inspector, records: SqliteRecordStore, blobs: BlobStore, parts: int = PARTS, **options: Any
 ) -> tuple[Line, LineSummary]:
     frames = SyntheticSource(seed=SEED, parts=parts)
     machine = SyntheticLine(seed=SEED)
@@ -58,16 +60,19 @@ def iou(a: tuple[int, int, int, int], b: BoundingBox) -> float:
     return inter / float(aw * ah + b.width * b.height - inter)
 
 
-Run = tuple[LineSummary, SqliteRecordStore, FileBlobStore]
+Run = tuple[LineSummary, SqliteRecordStore, TieredBlobStore]
 
 
 @pytest.fixture(scope="module")
 def finished_run(inspector: Inspector, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    """The line as `linewatch run` and the demo open its stores: frames as files, heat maps in
+    the blob store's small-blob database."""
     root = tmp_path_factory.mktemp("line")
-    records, blobs = SqliteRecordStore(root / "records.db"), FileBlobStore(root / "blobs")
+    records, blobs = SqliteRecordStore(root / "records.db"), TieredBlobStore.at(root / "blobs")
     _, summary = run_line(inspector, records, blobs)
     yield summary, records, blobs
     records.close()
+    blobs.close()
 
 
 def test_every_part_gets_one_record_and_nothing_is_dead_lettered(finished_run: Run) -> None:
@@ -133,9 +138,11 @@ def test_records_hold_heat_maps_embeddings_timings_and_the_model(
         assert {"ingest", "join", "preprocess", "infer", "postprocess", "heatmap"} <= set(record.timings_ms)
         assert (record.model_name, record.model_version) == (inspector.card.name, inspector.card.version)
     frame_shas = {frame_sha(part) for part in ground_truth()}
-    heatmap_shas = {r.heatmap.sha256 for r in records.query_inspections() if r.heatmap}
     stored_shas = {path.stem for path in blobs.root.rglob("*.png")}
-    assert stored_shas == frame_shas | heatmap_shas  # frames and heat maps kept
+    assert stored_shas == frame_shas  # frames kept as files
+    heatmaps = [r.heatmap for r in records.query_inspections() if r.heatmap]
+    assert len(heatmaps) == PARTS and all(ref.uri.startswith("sqlite-blob:") for ref in heatmaps)
+    assert all(blobs.get(ref.uri)[:8] == b"\x89PNG\r\n\x1a\n" for ref in heatmaps)  # in small-blobs.db
 
 
 def frame_sha(part: SyntheticPart) -> str:
