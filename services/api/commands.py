@@ -59,7 +59,12 @@ def serve(settings: ApiSettings, records_url: str, blobs_url: str, model_dir: Pa
 
     inspector = Inspector.load(model_dir) if model_dir else None
     records = open_record_store(records_url)
-    blobs = open_blob_store(blobs_url)
+    try:
+        blobs = open_blob_store(blobs_url)
+    except ValueError as err:
+        records.close()
+        print(f"linewatch serve: error: {err}", file=sys.stderr)
+        return 2
     try:
         app = create_app(settings, records, blobs, inspector)
     except ValueError as err:

@@ -32,6 +32,14 @@ def test_serve_refuses_to_start_without_keys(tmp_path: Path, capsys: pytest.Capt
     assert "LINEWATCH_API_KEYS" in capsys.readouterr().err
 
 
+def test_serve_names_an_unsupported_blob_store_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["serve", "--records", f"sqlite:///{tmp_path}/r.db", "--blobs", "s3://bucket/blobs"])
+    assert code == 2
+    assert "unsupported blob store URL 's3://bucket/blobs'" in capsys.readouterr().err
+
+
 def test_serve_runs_the_app_on_the_stores_with_uvicorn(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
