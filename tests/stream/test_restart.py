@@ -43,6 +43,15 @@ def stored_ids(db: Path) -> list[str]:
         return [row[0] for row in connection.execute("SELECT frame_id FROM inspections")]
 
 
+def stored_so_far(db: Path) -> int:
+    """Records stored while the line runs; the line may have made the file but not its tables yet."""
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as connection:
+        tables = connection.execute("SELECT name FROM sqlite_master WHERE name = 'inspections'").fetchall()
+        return connection.execute("SELECT COUNT(*) FROM inspections").fetchone()[0] if tables else 0
+
+
 def start_line(config: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "services.cli", "run", "--config", str(config)]
@@ -53,7 +62,7 @@ def start_line(config: Path) -> subprocess.Popen[str]:
 def wait_for_records(process: subprocess.Popen[str], db: Path, at_least: int) -> None:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and process.poll() is None:
-        if db.exists() and len(stored_ids(db)) >= at_least:
+        if stored_so_far(db) >= at_least:
             return
         time.sleep(0.2)
     process.kill()
