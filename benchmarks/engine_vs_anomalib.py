@@ -10,7 +10,9 @@ and 256x256 anomaly maps, so both are measured by the same yardstick.
     .venv/bin/python benchmarks/engine_vs_anomalib.py --peer-from benchmarks/results/earlier.json
 
 linewatch runs twice per set: with its defaults, and with per-position statistics and the
-bfloat16 search (``--position-weight 0.55 --fast-search``; ``--variants`` picks).
+bfloat16 search (``--position-weight auto --fast-search``: the weight and the image score's top share
+chosen at training time on synthetic defects painted on held-out good images; ``--variants`` picks,
+``positions`` is the fixed 0.55 that was chosen on the magnetic-tile test images earlier).
 
 The peer needs its own environment (see benchmarks/peer_anomalib.py): `.venv-bench`.
 Prints one table and writes benchmarks/results/engine_vs_anomalib.json.
@@ -68,8 +70,13 @@ def run_measured(command: list[str], log: Path) -> tuple[str, float, float]:
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "default": ("linewatch PatchCore", []),
     # per-position Gaussians blended into the map (for parts in a fixture) and the bfloat16 search
-    "positions": ("linewatch PatchCore+positions", ["--position-weight", "0.55", "--fast-search"]),
+    # the same with the weight and the image top share chosen on synthetic defects painted on the
+    # held-out good images (no test image is looked at)
+    "auto": ("linewatch PatchCore+positions auto", ["--position-weight", "auto", "--fast-search"]),
+    # the weight that was chosen on the magnetic-tile test images before ``auto`` existed
+    "positions": ("linewatch PatchCore+positions 0.55", ["--position-weight", "0.55", "--fast-search"]),
 }
+DEFAULT_VARIANTS = ("default", "auto")
 
 
 def linewatch_side(
@@ -113,6 +120,9 @@ def linewatch_side(
         "rss_fit_mb": rss_fit,
         "bank": card["tensors"]["memory_bank"][0],
     }
+    if card["training"].get("position_choice"):
+        chosen = card["training"]["position_choice"]
+        row["chosen"] = f"W={chosen['position_weight']} top={chosen['image_top_share']}"
     for batch in (8, 1):
         out, _, rss = run_measured(
             [
@@ -244,7 +254,7 @@ def main() -> int:
         help="anomalib PatchCore coreset ratio per set (its selection runs at ~90 picks/s)",
     )
     parser.add_argument("--skip-peer", action="store_true")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS))
     parser.add_argument(
         "--peer-from",
         type=Path,

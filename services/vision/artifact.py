@@ -51,6 +51,9 @@ class TrainingInfo(BaseModel):
     fingerprint: str  # sha256 over the training files' names and contents
     fit_seconds: float
     created_at: str
+    # ``--position-weight auto``: the weight and top share chosen on held-out good images and painted
+    # copies of them, with every candidate's scores (services/vision/position_choice.py)
+    position_choice: dict[str, Any] | None = None
 
 
 class ModelCard(BaseModel):

@@ -10,6 +10,19 @@ from pathlib import Path
 from services.vision.backbone import ACTIVATIONS
 
 
+def position_weight(text: str) -> float | str:
+    """``--position-weight``: ``auto`` or a share from 0 to 1."""
+    if text == "auto":
+        return text
+    try:
+        weight = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= weight <= 1.0:
+        raise argparse.ArgumentTypeError(f"the position weight is a share from 0 to 1, got {weight}")
+    return weight
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="fit a detector on good images and calibrate it")
     train.add_argument("--data", type=Path, required=True, help="dataset root (MVTec layout)")
@@ -30,10 +43,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--coreset", type=float, default=0.02, help="share of patches kept (PatchCore)")
     train.add_argument(
         "--position-weight",
-        type=float,
+        type=position_weight,
         default=0.0,
         help="PatchCore: share of a per-position Gaussian (PaDiM-style) score in map and image score;"
-        " 0 = off (0.55 on magnetic tile, see README)",
+        " 0 = off; auto = chosen on the held-out good images with synthetic defects (see README)",
     )
     train.add_argument(
         "--fast-search",
@@ -110,6 +123,13 @@ def run_train(args: argparse.Namespace) -> int:
         f"  fitted on {info.n_fit} good images, calibrated on {info.n_holdout} held out,"
         f" {info.fit_seconds:.1f} s"
     )
+    if info.position_choice is not None:
+        chosen = info.position_choice
+        print(
+            f"  position weight {chosen['position_weight']}, image top share"
+            f" {chosen['image_top_share']:.1%},"
+            f" chosen on {chosen['n_good']} held-out good images and {chosen['n_painted']} painted copies"
+        )
     cal = card.image_calibration
     print(f"  image threshold {cal.threshold:.4f} ({cal.method}, target FPR {cal.target_fpr:.1%})")
     for skipped in info.skipped:

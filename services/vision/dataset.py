@@ -104,12 +104,17 @@ def crop_roi(image: np.ndarray, roi: Roi | None) -> np.ndarray:
     return image[y : y + h, x : x + w]
 
 
-def preprocess(image: np.ndarray, image_size: int, roi: Roi | None = None) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) → normalised float tensor (3, S, S) for an ImageNet backbone."""
+def resize_for_model(image: np.ndarray, image_size: int, roi: Roi | None = None) -> np.ndarray:
+    """RGB uint8 (H, W, 3) → its ROI as RGB uint8 (S, S, 3), as the model sees it."""
     image = crop_roi(image, roi)
     h, w = image.shape[:2]
     interpolation = cv2.INTER_AREA if min(h, w) > image_size else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (image_size, image_size), interpolation=interpolation)
+    return cv2.resize(image, (image_size, image_size), interpolation=interpolation)
+
+
+def preprocess(image: np.ndarray, image_size: int, roi: Roi | None = None) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) → normalised float tensor (3, S, S) for an ImageNet backbone."""
+    resized = resize_for_model(image, image_size, roi)
     scaled = (resized.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
     return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
 

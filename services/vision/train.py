@@ -6,8 +6,9 @@ import hashlib
 import random
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -16,12 +17,22 @@ from tqdm import tqdm
 from services.vision.artifact import ModelCard, TrainingInfo, now_iso, params_dict, save_artifact
 from services.vision.backbone import build_feature_extractor, default_layers
 from services.vision.calibration import fit_threshold
-from services.vision.dataset import DatasetError, Roi, SkippedFile, iter_batches, list_train_images
+from services.vision.dataset import (
+    DatasetError,
+    Roi,
+    SkippedFile,
+    iter_batches,
+    list_train_images,
+    resize_for_model,
+)
 from services.vision.defects import DefectRules
+from services.vision.images import ImageError, load_image
 from services.vision.patchcore import PatchCoreModel, PatchCoreParams, fit_patchcore
+from services.vision.position_choice import choose_blend
 from services.vision.spade import SpadeParams, fit_spade
 
 MIN_TRAIN_IMAGES = 8
+AUTO_FIT_WEIGHT = 0.5  # position weight the model is fitted with before ``auto`` chooses the real one
 
 
 @dataclass
@@ -36,7 +47,8 @@ class TrainConfig:
     layers: list[str] | None = None
     image_size: int = 256
     coreset_ratio: float = 0.02
-    position_weight: float = 0.0  # PatchCore: share of the per-position Gaussian score (0 = off)
+    # PatchCore: share of the per-position Gaussian score (0 = off; "auto": chosen on synthetic defects)
+    position_weight: float | Literal["auto"] = 0.0
     approximate_search: bool = False  # PatchCore: bfloat16 nearest-neighbour choice, exact distance
     layer_weights: tuple[float, ...] | None = None
     holdout: float = 0.15
@@ -94,8 +106,31 @@ def score_spreads(model: PatchCoreModel, batches: Iterable[torch.Tensor]) -> tor
     return spreads.clamp_min(1e-6)
 
 
+def choose_position_weight(
+    model: PatchCoreModel, holdout_paths: list[Path], config: TrainConfig
+) -> dict[str, Any]:
+    """``--position-weight auto``: choose the weight and the image top share on the held-out good
+    images and painted copies of them, set them on ``model`` (dropping the position statistics when
+    the choice is 0) and return what was chosen and every candidate's scores, for the card."""
+    goods = []
+    for path in holdout_paths:
+        try:
+            goods.append(resize_for_model(load_image(path), config.image_size, config.roi))
+        except ImageError:  # already listed as skipped by the calibration pass
+            continue
+    choice = choose_blend(model, goods, config.seed, config.batch_size, config.progress)
+    model.params = replace(
+        model.params, position_weight=choice.position_weight, image_top_share=choice.image_top_share
+    )
+    if choice.position_weight == 0:
+        model.position_mean, model.position_precision = torch.empty(0), torch.empty(0)
+    return asdict(choice)
+
+
 def train(config: TrainConfig) -> ModelCard:
     """Fit, calibrate and save a detector; returns its card. Unusable images are skipped and listed."""
+    if config.position_weight != 0 and config.detector != "patchcore":
+        raise ValueError(f"the position weight is a PatchCore setting, not one of {config.detector}")
     started = time.perf_counter()
     paths = list_train_images(config.data_root, config.category)
     fit_paths, holdout_paths = split_holdout(paths, config.holdout, config.seed)
@@ -105,11 +140,12 @@ def train(config: TrainConfig) -> ModelCard:
     batches = _batches(fit_paths, config, skipped, "features")
     model: torch.nn.Module
     params: PatchCoreParams | SpadeParams
+    auto, position_choice = config.position_weight == "auto", None
     if config.detector == "patchcore":
         params = PatchCoreParams(
             coreset_ratio=config.coreset_ratio,
             layer_weights=config.layer_weights,
-            position_weight=config.position_weight,
+            position_weight=AUTO_FIT_WEIGHT if auto else float(config.position_weight),
             approximate_search=config.approximate_search,
             seed=config.seed,
         )
@@ -120,6 +156,8 @@ def train(config: TrainConfig) -> ModelCard:
             patchcore.score_norm.copy_(
                 score_spreads(patchcore, _batches(holdout_paths, config, [], "score spreads"))
             )
+        if auto:
+            position_choice = choose_position_weight(patchcore, holdout_paths, config)
         model, params = patchcore, patchcore.params  # as fitted, e.g. the balanced layer weights
     elif config.detector == "spade":
         params = SpadeParams(seed=config.seed)
@@ -164,6 +202,7 @@ def train(config: TrainConfig) -> ModelCard:
             fingerprint=fingerprint,
             fit_seconds=round(fit_seconds, 2),
             created_at=created,
+            position_choice=position_choice,
         ),
     }
     return save_artifact(model, card_fields, config.out_dir)

@@ -130,3 +130,56 @@ def test_commands_fail_clearly_on_a_missing_model(tmp_path: Path, capsys: pytest
     code = main(["evaluate", "--model", str(tmp_path / "absent"), "--data", str(tmp_path), "--category", "x"])
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_train_with_the_position_weight_chosen_on_painted_defects(
+    bottle_subset: Path, mobilenet_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--position-weight auto``: the choice and every candidate's scores are on the card, the model
+    uses what was chosen, and it still tells the real defects from the good parts."""
+    model = tmp_path / "model"
+    code, out = run(
+        capsys,
+        "train",
+        "--data",
+        str(bottle_subset),
+        "--category",
+        "bottle",
+        "--out",
+        str(model),
+        "--weights",
+        str(mobilenet_weights),
+        "--activation",
+        "relu",
+        "--coreset",
+        "0.05",
+        "--position-weight",
+        "auto",
+    )
+    assert code == 0
+    card = json.loads((model / "card.json").read_text())
+    chosen = card["training"]["position_choice"]
+    # the 6 held-out good images and 2 painted copies of each
+    assert (chosen["n_good"], chosen["n_painted"]) == (6, 12)
+    assert len(chosen["table"]) == 44
+    best = max(chosen["table"], key=lambda row: row["mean"])
+    assert best["mean"] == max(row["mean"] for row in chosen["table"])
+    assert card["params"]["position_weight"] == chosen["position_weight"]
+    assert card["params"]["image_top_share"] == chosen["image_top_share"]
+    assert f"position weight {chosen['position_weight']}" in out
+    has_positions = "position_mean" in card["tensors"]
+    assert has_positions == (chosen["position_weight"] > 0)
+
+    code, out = run(
+        capsys,
+        "evaluate",
+        "--model",
+        str(model),
+        "--data",
+        str(bottle_subset),
+        "--category",
+        "bottle",
+        "--json",
+    )
+    assert code == 0
+    assert json.loads(out)["image_auroc"] >= 0.95

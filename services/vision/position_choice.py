@@ -1,0 +1,113 @@
+"""Choosing the per-position share of a PatchCore map without defect samples (``--position-weight auto``).
+
+The blend ``(1-W)·patch + W·position`` and the image score's top share trade sensitivities against
+each other, and the best values depend on the part: tiles that fill the frame gain from per-position
+Gaussians, parts that move in the frame less. A plant has only good images, so the choice is made on
+the held-out good images and copies of them with synthetic defects painted on
+(:mod:`services.vision.synthetic_defects`): every weight in ``WEIGHTS`` and share in ``TOP_SHARES``
+is scored by the mean of image AUROC, pixel AUROC and PRO on that set, and the best pair is kept
+(ties: the smaller weight). Both distances are computed once per image; each candidate only
+re-blends them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from services.vision.dataset import preprocess
+from services.vision.maps import patch_scores_to_map
+from services.vision.metrics import auroc, pixel_auroc, pro_score
+from services.vision.patchcore import PatchCoreModel, blend_scores, top_share_mean
+from services.vision.synthetic_defects import paint_defect
+
+WEIGHTS: Final = tuple(round(0.1 * i, 1) for i in range(11))
+TOP_SHARES: Final = (0.005, 0.01, 0.02, 0.05)
+PAINTED_PER_IMAGE: Final = 2
+METRIC_SIDE: Final = 64  # pixel metrics on maps pooled to this side: the ranking, at a small cost
+MAP_CHUNK: Final = 32  # full-size maps made at a time (memory stays flat with many held-out images)
+
+
+@dataclass(frozen=True)
+class BlendChoice:
+    position_weight: float
+    image_top_share: float
+    n_good: int
+    n_painted: int
+    table: list[dict[str, float]]  # per candidate: weight, top_share, image_auroc, pixel_auroc, pro, mean
+
+
+def validation_image(
+    goods: Sequence[npt.NDArray[np.uint8]], index: int, seed: int
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
+    """Image ``index`` of the validation set and its mask: the good images first (empty masks), then
+    ``PAINTED_PER_IMAGE`` painted copies of each, every one drawn from its own seeded generator."""
+    n = len(goods)
+    if n < 2:
+        raise ValueError(f"need 2 or more held-out good images to choose the position weight, got {n}")
+    if index < n:
+        return goods[index], np.zeros(goods[index].shape[:2], bool)
+    rng = np.random.default_rng([seed, index])
+    good = index % n
+    donor = (good + 1 + int(rng.integers(n - 1))) % n
+    painted = paint_defect(goods[good], goods[donor], rng)
+    return painted.image, painted.mask
+
+
+def _pool(maps: torch.Tensor, side: int = METRIC_SIDE) -> torch.Tensor:
+    return F.adaptive_avg_pool2d(maps.unsqueeze(1), side).squeeze(1)
+
+
+def choose_blend(
+    model: PatchCoreModel,
+    goods: Sequence[npt.NDArray[np.uint8]],
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> BlendChoice:
+    """The position weight and image top share that best separate ``goods`` (held-out good images at
+    the model's input size, RGB uint8) from painted copies of them. ``model`` needs its position
+    statistics and score spreads fitted."""
+    if not model.position_mean.numel():
+        raise ValueError("the model has no position statistics to blend (fit it with a position weight)")
+    total = len(goods) * (1 + PAINTED_PER_IMAGE)
+    patch, position, masks = [], [], []
+    grid = (0, 0)
+    with torch.inference_mode():
+        starts = range(0, total, batch_size)
+        for start in tqdm(starts, desc="choosing the position weight", unit="batch", disable=not progress):
+            batch = [validation_image(goods, i, seed) for i in range(start, min(total, start + batch_size))]
+            images = torch.stack([preprocess(image, model.image_size) for image, _ in batch])
+            patch_scores, position_scores, grid = model.component_scores(images)
+            patch.append(patch_scores)
+            position.append(position_scores)
+            masks.append(_pool(torch.from_numpy(np.stack([mask for _, mask in batch])).float()) > 0)
+        patch_all, position_all = torch.cat(patch), torch.cat(position)
+        pooled_masks = torch.cat(masks).numpy()
+        labels = np.array([0] * len(goods) + [1] * (total - len(goods)))
+        table = []
+        for weight in WEIGHTS:
+            blended = blend_scores(patch_all, position_all, model.score_norm, weight).view(-1, *grid)
+            pooled, tops = [], []
+            for chunk in blended.split(MAP_CHUNK):
+                maps = patch_scores_to_map(chunk, model.image_size, model.params.sigma)
+                pooled.append(_pool(maps))
+                tops.append(torch.stack([top_share_mean(maps, share) for share in TOP_SHARES], dim=1))
+            pooled_maps, image_scores = torch.cat(pooled).numpy(), torch.cat(tops).numpy()
+            pixel, pro = pixel_auroc(pooled_maps, pooled_masks), pro_score(pooled_maps, pooled_masks)
+            for column, share in enumerate(TOP_SHARES):
+                image = auroc(image_scores[:, column], labels)
+                mean = round((image + pixel + pro) / 3, 6)
+                table.append(
+                    {"weight": weight, "top_share": share, "image_auroc": image, "pixel_auroc": pixel}
+                    | {"pro": pro, "mean": mean}
+                )
+    best = max(table, key=lambda row: (row["mean"], -row["weight"]))  # ties: the smaller weight
+    return BlendChoice(best["weight"], best["top_share"], len(goods), total - len(goods), table)
