@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         rendered = render(min(args.distinct, args.frames), args.seed, args.size)
         frames = MemoryFrameSource(rendered, args.frames, tag="soak")
         process = MemoryProcessSource(rendered, int(args.frames * FRAME_PERIOD_S) + 2)
-        records, blobs = SqliteRecordStore(work / "records.db"), open_blob_store((work / "blobs").as_uri())
+        records = SqliteRecordStore(work / "records.db")
+        blobs = open_blob_store((work / "blobs").as_uri(), group_commit=True)  # as `linewatch run` opens it
         try:
             line = Line([frames], [process], {rendered.recipe: inspector}, records, blobs, options)
             with RssSampler(line, args.every, args.frames) as sampler:

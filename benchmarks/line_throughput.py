@@ -317,7 +317,8 @@ def run_line(
     """The embedded line over ``count`` frames into fresh stores under ``work``."""
     frames = MemoryFrameSource(rendered, count, tag="line")
     process = MemoryProcessSource(rendered, int(count * FRAME_PERIOD_S) + 2)
-    records, blobs = SqliteRecordStore(work / "records.db"), open_blob_store((work / "blobs").as_uri())
+    records = SqliteRecordStore(work / "records.db")
+    blobs = open_blob_store((work / "blobs").as_uri(), group_commit=True)  # as `linewatch run` opens it
     try:
         line = Line([frames], [process], {rendered.recipe: inspector}, records, blobs, options)
         with Meter() as meter:

@@ -9,10 +9,12 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import cast, get_args
 
 from schemas.blob import BlobEncoding, BlobRef
+from services.storage.durability import fsync_path, sync_filesystem
 from services.storage.errors import BlobCorrupted, BlobStoreFull
 from services.storage.urls import file_url_to_path
 
@@ -21,20 +23,13 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _BLOB_NAME = re.compile(r"[0-9a-f]{64}\.[a-z]+")
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` and fsync it."""
+def _write(path: Path, data: bytes, durable: bool) -> None:
+    """Write ``data`` to ``path``; fsync it when ``durable`` (else :meth:`FileBlobStore.sync` will)."""
     with open(path, "wb") as file:
         file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        if durable:
+            file.flush()
+            os.fsync(file.fileno())
 
 
 class FileBlobStore:
@@ -44,15 +39,44 @@ class FileBlobStore:
     ``get`` checks the bytes against the SHA-256 in the file name. Any URI that resolves outside
     ``root`` is refused with ValueError. Blobs are shared by content, so deleting one removes it
     for every record that points at the same bytes.
+
+    With ``group_commit``, ``put`` does not wait for the disk: :meth:`sync` makes every blob put so
+    far durable at once, and whoever stores a record that points at a blob calls it first (the line
+    does, once per group of records). Without it, each ``put`` is durable when it returns.
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, group_commit: bool = False) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.group_commit = group_commit
         self._folders: set[Path] = set()  # folders known to exist
+        self._unsynced: set[Path] = set()  # group commit: files put and their folders, not yet synced
+        self._unsynced_lock = threading.Lock()
 
     def close(self) -> None:
         """Nothing to release: every operation opens and closes its own files."""
+
+    def sync(self) -> None:
+        """Make every blob put so far durable (group commit; otherwise each put already is).
+
+        Raises BlobStoreFull or OSError when the disk refuses; the blobs then stay to be synced."""
+        with self._unsynced_lock:
+            pending, self._unsynced = self._unsynced, set()
+        if not pending:
+            return
+        try:
+            if not sync_filesystem(self.root):
+                for path in sorted(pending, key=lambda p: p.is_dir()):  # files, then their folders
+                    try:
+                        fsync_path(path)
+                    except FileNotFoundError:  # deleted since: nothing to keep
+                        continue
+        except OSError as error:
+            with self._unsynced_lock:
+                self._unsynced |= pending
+            if error.errno in _DISK_FULL:
+                raise BlobStoreFull(error.errno, f"blob store {self.root} is full: {error}") from error
+            raise
 
     def put(self, data: bytes, encoding: str, width: int, height: int) -> BlobRef:
         if encoding not in _ENCODINGS:
@@ -67,9 +91,17 @@ class FileBlobStore:
             height=height,
             encoding=cast(BlobEncoding, encoding),
         )
-        if not path.exists():
+        if not self._holds(path, len(data)):
             self._write_atomically(path, data)
         return ref
+
+    @staticmethod
+    def _holds(path: Path, size: int) -> bool:
+        """Whether the blob is stored whole (a crash before a sync can leave it empty or short)."""
+        try:
+            return path.stat().st_size == size
+        except FileNotFoundError:
+            return False
 
     def get(self, uri: str) -> bytes:
         path = self._path_of(uri)
@@ -116,10 +148,14 @@ class FileBlobStore:
             fd, tmp_name = self._temporary_file(path)
             os.close(fd)
             tmp = Path(tmp_name)
-            _write_durably(tmp, data)
+            _write(tmp, data, durable=not self.group_commit)
             os.replace(tmp, path)
             tmp = None
-            _fsync_dir(path.parent)
+            if self.group_commit:
+                with self._unsynced_lock:
+                    self._unsynced.update((path, path.parent))
+            else:
+                fsync_path(path.parent)
         except OSError as error:
             if error.errno in _DISK_FULL:
                 raise BlobStoreFull(

@@ -10,9 +10,15 @@ from services.storage.query import InspectionQuery, NgRateBucket
 
 
 class BlobStore(Protocol):
-    """Image and heat-map bytes, content-addressed; ``put`` of the same bytes twice is one blob."""
+    """Image and heat-map bytes, content-addressed; ``put`` of the same bytes twice is one blob.
+
+    A blob is durable once ``sync`` has returned after its ``put`` (a store may make each ``put``
+    durable by itself; ``sync`` then has nothing to do): call it before storing a record that
+    points at blobs."""
 
     def put(self, data: bytes, encoding: str, width: int, height: int) -> BlobRef: ...
+
+    def sync(self) -> None: ...
 
     def get(self, uri: str) -> bytes: ...
 

@@ -2,7 +2,8 @@
 
 SQLite keeps blobs of a few kilobytes faster than a file system does: one append to its
 write-ahead log instead of a temporary file, a rename and two fsyncs. Every ``put`` is its own
-transaction with ``synchronous=FULL``, so it is durable when it returns, as a fsynced file is.
+transaction with ``synchronous=FULL``, so it is durable when it returns, as a fsynced file is; with
+``group_commit`` the log is not flushed per put (``synchronous=NORMAL``) but by :meth:`sync`.
 """
 
 import errno
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import get_args
 
 from schemas.blob import BlobEncoding, BlobRef
+from services.storage.durability import fsync_path, sync_filesystem
 from services.storage.errors import BlobCorrupted, BlobStoreFull
 
 SCHEME = "sqlite-blob:"
@@ -36,14 +38,16 @@ class SqliteBlobStore:
     the bytes against the SHA-256 in the name. One connection, guarded by a lock.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, group_commit: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.group_commit = group_commit
+        self._unsynced = False  # group commit: a put since the last sync
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.execute(f"PRAGMA synchronous = {'NORMAL' if group_commit else 'FULL'}")
             self._db.execute("PRAGMA busy_timeout = 5000")
             self._db.execute(_CREATE)
         except BaseException:
@@ -53,6 +57,24 @@ class SqliteBlobStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def sync(self) -> None:
+        """Make every blob put so far durable: flush the write-ahead log (group commit; otherwise
+        each put already is). Raises BlobStoreFull or OSError when the disk refuses."""
+        with self._lock:
+            if not self._unsynced:
+                return
+            self._unsynced = False
+        try:
+            if not sync_filesystem(self.path.parent):
+                wal = self.path.with_name(self.path.name + "-wal")
+                fsync_path(wal if wal.exists() else self.path)  # (checkpointed: the log is in the file)
+        except OSError as error:
+            with self._lock:
+                self._unsynced = True
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise BlobStoreFull(error.errno, f"blob store {self.path} is full: {error}") from error
+            raise
 
     @staticmethod
     def owns(uri: str) -> bool:
@@ -75,6 +97,7 @@ class SqliteBlobStore:
         try:
             with self._lock:
                 self._db.execute("INSERT OR IGNORE INTO blobs (name, data) VALUES (?, ?)", (name, data))
+                self._unsynced = self.group_commit
         except sqlite3.OperationalError as error:
             if error.sqlite_errorcode == sqlite3.SQLITE_FULL:
                 raise BlobStoreFull(

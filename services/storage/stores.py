@@ -26,12 +26,13 @@ def open_record_store(url: str) -> RecordStore:
     )
 
 
-def open_blob_store(url: str) -> BlobStore:
+def open_blob_store(url: str, group_commit: bool = False) -> BlobStore:
     """The blob store named by ``url``; supported schemes: file (frames as files under the
-    directory, heat maps and other small blobs in its ``small-blobs.db``)."""
+    directory, heat maps and other small blobs in its ``small-blobs.db``). With ``group_commit``
+    puts become durable at the store's ``sync`` (the line calls it once per group of records)."""
     scheme = _scheme(url)
     if scheme == "file":
-        return TieredBlobStore.at(file_url_to_path(url))
+        return TieredBlobStore.at(file_url_to_path(url), group_commit=group_commit)
     raise ValueError(
         f"unsupported blob store URL {url!r}: scheme {scheme!r} is not one of "
         f"{', '.join(s + '://' for s in BLOB_STORE_SCHEMES)} (e.g. file:///var/linewatch/blobs)"

@@ -26,10 +26,14 @@ class TieredBlobStore:
         self.files, self.small, self.small_max_bytes = files, small, small_max_bytes
 
     @classmethod
-    def at(cls, root: str | Path, small_max_bytes: int = SMALL_BLOB_BYTES) -> "TieredBlobStore":
-        """Files under ``root`` and the small blobs in ``root/small-blobs.db``."""
-        files = FileBlobStore(root)
-        return cls(files, SqliteBlobStore(files.root / SMALL_BLOBS_FILE), small_max_bytes)
+    def at(
+        cls, root: str | Path, small_max_bytes: int = SMALL_BLOB_BYTES, group_commit: bool = False
+    ) -> "TieredBlobStore":
+        """Files under ``root`` and the small blobs in ``root/small-blobs.db``; with ``group_commit``
+        puts are made durable by :meth:`sync` (see FileBlobStore)."""
+        files = FileBlobStore(root, group_commit)
+        small = SqliteBlobStore(files.root / SMALL_BLOBS_FILE, group_commit)
+        return cls(files, small, small_max_bytes)
 
     @property
     def root(self) -> Path:
@@ -37,6 +41,12 @@ class TieredBlobStore:
 
     def close(self) -> None:
         self.small.close()
+
+    def sync(self) -> None:
+        """Make every blob put so far durable (one flush each for the files and the small blobs;
+        the second finds the file system clean when both live on one)."""
+        self.files.sync()
+        self.small.sync()
 
     def put(self, data: bytes, encoding: str, width: int, height: int) -> BlobRef:
         store = self.small if len(data) <= self.small_max_bytes else self.files

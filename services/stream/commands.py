@@ -95,7 +95,7 @@ def run_line_command(args: argparse.Namespace) -> int:
         process = [open_process_source(url, settings.line_id) for url in settings.process_sources]
         inspectors = {recipe: Inspector.load(path) for recipe, path in settings.models.items()}
         records = open_record_store(settings.stores.records)
-        blobs = open_blob_store(settings.stores.blobs)
+        blobs = open_blob_store(settings.stores.blobs, group_commit=True)
     except (ValueError, OSError) as err:  # settings, URLs, paths: say what is wrong, no traceback
         print(f"linewatch run: error: {err}", file=sys.stderr)
         return 2

@@ -74,7 +74,7 @@ def run_demo(options: DemoOptions) -> LineSummary:
     process = SimulatorSource(machine.process, machine.line_id, machine.machine_id)
     records = open_record_store(f"sqlite:///{workdir / 'records.db'}")
     blobs_url = (workdir / "blobs").as_uri()
-    blobs = open_blob_store(blobs_url)
+    blobs = open_blob_store(blobs_url, group_commit=True)
     try:
         line = Line(
             [frames],

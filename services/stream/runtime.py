@@ -456,11 +456,17 @@ class Line:
         return group, False
 
     def _store_group(self, group: list[tuple[InFlight, Inspection]]) -> list[tuple[Exception | None, float]]:
-        """Upsert each record (in a worker thread), then drop its frame blob when frames are not kept.
+        """Make the blobs durable, upsert each record (in a worker thread), then drop its frame blob
+        when frames are not kept.
 
         Returns, for each record, the error that kept it from being stored (None when stored) and the
         milliseconds it took. A record that failed keeps its frame: the dead letter points at it.
         """
+        start = time.perf_counter()
+        try:
+            self.blobs.sync()  # a group commit: one flush for every frame and heat map of the group
+        except Exception as err:  # the disk refused: no record may point at blobs that are not durable
+            return [(err, elapsed_ms(start))] * len(group)
         results: list[tuple[Exception | None, float]] = []
         for item, inspection in group:
             start = time.perf_counter()
@@ -499,9 +505,17 @@ class Line:
         self.summary.frame_dead_letters += frame
         self.metrics.dead_letters.labels(letter.source, code).inc()
         try:
-            await asyncio.to_thread(self.records.add_dead_letter, letter)
+            await asyncio.to_thread(self._keep_dead_letter, letter, frame)
         except Exception as err:  # the record store itself may be what failed
             log.error("could not store the dead letter (%s): %s", letter.reason, err)
+
+    def _keep_dead_letter(self, letter: DeadLetter, frame: bool) -> None:
+        if frame:  # the letter may point at the frame's blob: make it durable first
+            try:
+                self.blobs.sync()
+            except Exception as err:
+                log.error("could not make the blobs durable before a dead letter: %s", err)
+        self.records.add_dead_letter(letter)
 
     def _sample_joined(self) -> None:
         self.summary.process_samples += 1

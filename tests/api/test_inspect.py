@@ -1,12 +1,14 @@
 """POST /v1/inspect with a real (tiny) trained model: verdicts, defects, stored records, dead letters."""
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from schemas.inspection import Inspection
 from services.api.app import create_app
 from services.api.settings import ApiSettings
 from services.ingest.synthetic import render_part
@@ -113,3 +115,31 @@ def test_a_missing_image_is_422(client: TestClient) -> None:
     response = client.post("/v1/inspect", data=FIELDS)
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "image"]
+
+
+def test_beside_a_line_with_group_commit_the_blobs_are_synced_before_the_record_is_stored(
+    settings: ApiSettings, records: SqliteRecordStore, tiny_inspector: Inspector, tmp_path: Path
+) -> None:
+    """The demo serves the API on the line's store, which syncs blobs once per group: an upload's
+    frame and heat map are made durable before its record is stored."""
+    blobs = TieredBlobStore.at(tmp_path / "grouped", group_commit=True)
+    synced_before_upsert: list[bool] = []
+    upsert = records.upsert_inspection
+
+    def checking_upsert(inspection: Inspection) -> None:
+        synced_before_upsert.append(not blobs.files._unsynced and not blobs.small._unsynced)
+        upsert(inspection)
+
+    records.upsert_inspection = checking_upsert  # type: ignore[method-assign]
+    try:
+        client = TestClient(
+            create_app(settings, records, blobs, tiny_inspector), headers={"X-API-Key": API_KEY}
+        )
+        image, _, _ = render_part(np.random.default_rng(1), [])
+        response = client.post(
+            "/v1/inspect", data=FIELDS, files={"image": ("p.png", encode_png(image), "image/png")}
+        )
+        assert response.status_code == 200, response.text
+        assert synced_before_upsert == [True]
+    finally:
+        blobs.close()

@@ -93,14 +93,17 @@ def test_unknown_encoding_is_refused_before_writing(store: FileBlobStore) -> Non
     assert _files(store.root) == []
 
 
+@pytest.mark.parametrize("group_commit", [False, True])
 def test_full_disk_raises_blob_store_full_and_leaves_no_file(
-    store: FileBlobStore, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, group_commit: bool
 ) -> None:
-    def write_half_then_fail(path: Path, data: bytes) -> None:
+    store = FileBlobStore(tmp_path / "blobs", group_commit)
+
+    def write_half_then_fail(path: Path, data: bytes, durable: bool) -> None:
         path.write_bytes(data[: len(data) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(file_blob_store, "_write_durably", write_half_then_fail)
+    monkeypatch.setattr(file_blob_store, "_write", write_half_then_fail)
     with pytest.raises(BlobStoreFull, match="is full") as caught:
         store.put(PNG_BYTES, "png", 64, 32)
     assert isinstance(caught.value, OSError)
@@ -111,10 +114,10 @@ def test_full_disk_raises_blob_store_full_and_leaves_no_file(
 def test_other_write_errors_pass_through_and_leave_no_file(
     store: FileBlobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def fail(path: Path, data: bytes) -> None:
+    def fail(path: Path, data: bytes, durable: bool) -> None:
         raise PermissionError(errno.EACCES, "denied")
 
-    monkeypatch.setattr(file_blob_store, "_write_durably", fail)
+    monkeypatch.setattr(file_blob_store, "_write", fail)
     with pytest.raises(PermissionError):
         store.put(PNG_BYTES, "png", 64, 32)
     assert _files(store.root) == []

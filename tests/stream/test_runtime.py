@@ -372,3 +372,83 @@ def test_each_detector_thread_runs_with_its_own_torch_thread_count(
     thread.start()
     thread.join()
     assert elsewhere == [before]  # and so is the default of threads started later
+
+
+class WatchedBlobs(FileBlobStore):
+    """A group-commit file store that remembers which blobs were put and not yet synced."""
+
+    def __init__(self, root: Path, fail_sync: bool = False) -> None:
+        super().__init__(root, group_commit=True)
+        self.not_durable: set[str] = set()
+        self.syncs, self.fail_sync = 0, fail_sync
+
+    def put(self, data: bytes, encoding: str, width: int, height: int) -> Any:
+        ref = super().put(data, encoding, width, height)
+        self.not_durable.add(ref.uri)
+        return ref
+
+    def sync(self) -> None:
+        if self.fail_sync:
+            raise OSError(5, "Input/output error")
+        self.syncs += 1
+        self.not_durable.clear()
+        super().sync()
+
+
+class CheckingRecords(SqliteRecordStore):
+    """Fails the test's check when a record is stored while a blob it points at is not durable."""
+
+    def __init__(self, path: Path, blobs: WatchedBlobs) -> None:
+        super().__init__(path)
+        self.blobs = blobs
+        self.early: list[str] = []
+
+    def upsert_inspection(self, inspection: Any) -> None:
+        uris = {ref.uri for ref in (inspection.image, inspection.heatmap) if ref is not None}
+        self.early += sorted(uris & self.blobs.not_durable)
+        super().upsert_inspection(inspection)
+
+
+def test_with_group_commit_a_record_is_stored_only_after_its_blobs_are_synced(
+    detector: FakeDetector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blobs = WatchedBlobs(tmp_path / "blobs")
+    records = CheckingRecords(tmp_path / "records.db", blobs)
+
+    def finish_with_blobs(
+        inspector: Any, frames: Any, images: Any, detected: Any, store: Any, *a: Any, **k: Any
+    ) -> Any:
+        """The fake's records, pointing at their frame and at a heat map put now, as the real ones do."""
+        inspections = detector.finish(inspector, frames, images, detected, store, *a, **k)
+        return [
+            inspection.model_copy(
+                update={"image": frame.image, "heatmap": store.put(encode_frame(image[:8, :8]), "png", 8, 8)}
+            )
+            for inspection, frame, image in zip(inspections, frames, images, strict=True)
+        ]
+
+    monkeypatch.setattr(runtime, "finish_batch", finish_with_blobs)
+    try:
+        summary = asyncio.run(make_line(ListSource([captured(i) for i in range(30)]), records, blobs).run())
+        assert summary.inspected == records.count_inspections() == 30
+        stored = records.get_inspection(captured(3).frame_id)
+        assert stored is not None and stored.image is not None and stored.heatmap is not None
+        assert records.early == []
+        assert 1 <= blobs.syncs <= 30  # once per group of records stored together
+    finally:
+        records.close()
+
+
+def test_when_the_blobs_cannot_be_synced_no_record_is_stored_and_the_line_stops(
+    detector: FakeDetector, tmp_path: Path
+) -> None:
+    blobs = WatchedBlobs(tmp_path / "blobs", fail_sync=True)
+    records = SqliteRecordStore(tmp_path / "records.db")
+    try:
+        line = make_line(ListSource([captured(i) for i in range(10)]), records, blobs)
+        summary = asyncio.run(line.run())
+        assert records.count_inspections() == 0 and summary.inspected == 0
+        assert summary.stopped_by is not None and "Input/output error" in summary.stopped_by
+        assert summary.dead_letters.get("store_error", 0) >= 1
+    finally:
+        records.close()

@@ -99,6 +99,7 @@ def inspect_frame(
             (inspection,) = inspect_batch(
                 inspector, [frame], [pixels], context.blobs, timings_ms=[{"decode": decode_ms}]
             )
+        context.blobs.sync()  # the frame and heat map durable before the record points at them
     except BlobStoreFull as err:
         raise HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE, str(err)) from err
     context.records.upsert_inspection(inspection)
