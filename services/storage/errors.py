@@ -1,5 +1,9 @@
 """Errors the storage adapters raise, beyond the standard ones (FileNotFoundError, ValueError)."""
 
+import errno
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # OSError numbers that mean the disk is full
+
 
 class BlobStoreFull(OSError):
     """The disk under the blob store is full (ENOSPC); nothing partial was left behind."""

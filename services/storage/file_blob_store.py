@@ -15,11 +15,10 @@ from typing import cast, get_args
 
 from schemas.blob import BlobEncoding, BlobRef
 from services.storage.durability import fsync_path, sync_filesystem
-from services.storage.errors import BlobCorrupted, BlobStoreFull
+from services.storage.errors import DISK_FULL_ERRNOS, BlobCorrupted, BlobStoreFull
 from services.storage.urls import file_url_to_path
 
 _ENCODINGS: tuple[str, ...] = get_args(BlobEncoding)
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _BLOB_NAME = re.compile(r"[0-9a-f]{64}\.[a-z]+")
 
 
@@ -74,7 +73,7 @@ class FileBlobStore:
         except OSError as error:
             with self._unsynced_lock:
                 self._unsynced |= pending
-            if error.errno in _DISK_FULL:
+            if error.errno in DISK_FULL_ERRNOS:
                 raise BlobStoreFull(error.errno, f"blob store {self.root} is full: {error}") from error
             raise
 
@@ -157,7 +156,7 @@ class FileBlobStore:
             else:
                 fsync_path(path.parent)
         except OSError as error:
-            if error.errno in _DISK_FULL:
+            if error.errno in DISK_FULL_ERRNOS:
                 raise BlobStoreFull(
                     error.errno, f"blob store {self.root} is full: could not write {len(data)} bytes"
                 ) from error

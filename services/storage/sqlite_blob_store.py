@@ -16,7 +16,7 @@ from typing import get_args
 
 from schemas.blob import BlobEncoding, BlobRef
 from services.storage.durability import fsync_path, sync_filesystem
-from services.storage.errors import BlobCorrupted, BlobStoreFull
+from services.storage.errors import DISK_FULL_ERRNOS, BlobCorrupted, BlobStoreFull
 
 SCHEME = "sqlite-blob:"
 _ENCODINGS: tuple[str, ...] = get_args(BlobEncoding)
@@ -72,7 +72,7 @@ class SqliteBlobStore:
         except OSError as error:
             with self._lock:
                 self._unsynced = True
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            if error.errno in DISK_FULL_ERRNOS:
                 raise BlobStoreFull(error.errno, f"blob store {self.path} is full: {error}") from error
             raise
 
