@@ -145,3 +145,32 @@ def test_card_listing_other_tensors_is_refused(patchcore: PatchCoreModel, tmp_pa
     (model_dir / "card.json").write_text(json.dumps(card))
     with pytest.raises(ArtifactError, match="does not hold the tensors its card lists"):
         load_artifact(model_dir)
+
+
+def test_weights_are_written_in_the_safetensors_format(tmp_path: Path) -> None:
+    """The streaming writer's file is read back by the safetensors library itself, every dtype the
+    detectors store (and a few more) bit for bit, with the metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from services.vision.artifact import write_safetensors
+
+    tensors = {
+        "bank": torch.randn(5, 3),
+        "precision": torch.randn(2, 4, 4).half(),
+        "index": torch.arange(6).view(2, 3),
+        "scaled": torch.randn(4).bfloat16(),
+        "flags": torch.tensor([True, False, True]),
+        "empty": torch.empty(0, 3),
+        "scalar": torch.tensor(3.5),
+    }
+    path = tmp_path / "w.safetensors"
+    write_safetensors(tensors, path, {"format": "linewatch"})
+    back = load_file(str(path))
+    assert set(back) == set(tensors)
+    for name, tensor in tensors.items():
+        assert back[name].dtype == tensor.dtype and torch.equal(back[name], tensor), name
+    with safe_open(str(path), "pt") as handle:
+        assert handle.metadata() == {"format": "linewatch"}
+    with pytest.raises(TypeError, match="complex64"):
+        write_safetensors({"z": torch.zeros(2, dtype=torch.complex64)}, path, {})
