@@ -44,9 +44,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--position-weight",
         type=position_weight,
-        default=0.0,
+        default="auto",
         help="PatchCore: share of a per-position Gaussian (PaDiM-style) score in map and image score;"
-        " 0 = off; auto = chosen on the held-out good images with synthetic defects (see README)",
+        " 0 = off (plain PatchCore); auto (default) = chosen on the held-out good images and synthetic"
+        " defects painted on them, 0 when fewer than 20 are held out (see README)",
     )
     train.add_argument(
         "--fast-search",
@@ -123,8 +124,10 @@ def run_train(args: argparse.Namespace) -> int:
         f"  fitted on {info.n_fit} good images, calibrated on {info.n_holdout} held out,"
         f" {info.fit_seconds:.1f} s"
     )
-    if info.position_choice is not None:
-        chosen = info.position_choice
+    chosen = info.position_choice
+    if chosen is not None and "skipped" in chosen:
+        print(f"  position weight 0: {chosen['skipped']}")
+    elif chosen is not None:
         print(
             f"  position weight {chosen['position_weight']}, image top share"
             f" {chosen['image_top_share']:.1%},"

@@ -20,6 +20,7 @@ from services.vision.coreset import greedy_coreset
 from services.vision.features import fuse_layers, random_projection, to_patches
 from services.vision.knn import nearest, nearest_bfloat16, squared_norms
 from services.vision.maps import patch_scores_to_map
+from services.vision.memory import release_free_memory
 
 
 @dataclass(frozen=True)
@@ -326,6 +327,7 @@ def fit_patchcore(
     del guide
     bank = candidates[chosen].float()
     del candidates
+    release_free_memory()  # the candidate pool's pages, before the statistics are inverted
     if statistics is None:
         return PatchCoreModel(extractor, bank, image_size, params, projection)
     mean, precision = statistics.precision(params.position_eps)

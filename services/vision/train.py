@@ -27,12 +27,19 @@ from services.vision.dataset import (
 )
 from services.vision.defects import DefectRules
 from services.vision.images import ImageError, load_image
+from services.vision.memory import release_free_memory
 from services.vision.patchcore import PatchCoreModel, PatchCoreParams, fit_patchcore
 from services.vision.position_choice import choose_blend
 from services.vision.spade import SpadeParams, fit_spade
 
 MIN_TRAIN_IMAGES = 8
 AUTO_FIT_WEIGHT = 0.5  # position weight the model is fitted with before ``auto`` chooses the real one
+MIN_AUTO_HOLDOUT = 20
+"""``auto`` rates its candidates on this many held-out good images or more (and twice as many painted
+copies); on fewer the ratings differ by noise alone, and plain PatchCore (weight 0) is kept."""
+MAX_AUTO_GOODS = 120
+"""``auto`` uses at most this many held-out good images (evenly spaced in the held-out list), so that
+the images it keeps in memory (196 KB each at 256 px) and its time stay bounded on large sets."""
 
 
 @dataclass
@@ -47,8 +54,9 @@ class TrainConfig:
     layers: list[str] | None = None
     image_size: int = 256
     coreset_ratio: float = 0.02
-    # PatchCore: share of the per-position Gaussian score (0 = off; "auto": chosen on synthetic defects)
-    position_weight: float | Literal["auto"] = 0.0
+    # PatchCore: share of the per-position Gaussian score (0 = off; "auto": chosen on synthetic
+    # defects painted on the held-out good images, 0 when fewer than MIN_AUTO_HOLDOUT are held out)
+    position_weight: float | Literal["auto"] = "auto"
     approximate_search: bool = False  # PatchCore: bfloat16 nearest-neighbour choice, exact distance
     layer_weights: tuple[float, ...] | None = None
     holdout: float = 0.15
@@ -113,6 +121,9 @@ def choose_position_weight(
     images and painted copies of them, set them on ``model`` (dropping the position statistics when
     the choice is 0) and return what was chosen and every candidate's scores, for the card."""
     goods = []
+    if len(holdout_paths) > MAX_AUTO_GOODS:
+        picks = np.linspace(0, len(holdout_paths) - 1, MAX_AUTO_GOODS).round().astype(int)
+        holdout_paths = [holdout_paths[i] for i in picks]
     for path in holdout_paths:
         try:
             goods.append(resize_for_model(load_image(path), config.image_size, config.roi))
@@ -129,7 +140,7 @@ def choose_position_weight(
 
 def train(config: TrainConfig) -> ModelCard:
     """Fit, calibrate and save a detector; returns its card. Unusable images are skipped and listed."""
-    if config.position_weight != 0 and config.detector != "patchcore":
+    if config.position_weight not in (0, "auto") and config.detector != "patchcore":
         raise ValueError(f"the position weight is a PatchCore setting, not one of {config.detector}")
     started = time.perf_counter()
     paths = list_train_images(config.data_root, config.category)
@@ -141,30 +152,42 @@ def train(config: TrainConfig) -> ModelCard:
     model: torch.nn.Module
     params: PatchCoreParams | SpadeParams
     auto, position_choice = config.position_weight == "auto", None
+    if auto and len(holdout_paths) < MIN_AUTO_HOLDOUT:
+        auto = False
+        position_choice = {
+            "position_weight": 0.0,
+            "skipped": f"only {len(holdout_paths)} held-out good images; choosing the position weight"
+            f" needs {MIN_AUTO_HOLDOUT}, so plain PatchCore is kept",
+        }
     if config.detector == "patchcore":
+        fixed = 0.0 if config.position_weight == "auto" else float(config.position_weight)
         params = PatchCoreParams(
             coreset_ratio=config.coreset_ratio,
             layer_weights=config.layer_weights,
-            position_weight=AUTO_FIT_WEIGHT if auto else float(config.position_weight),
+            position_weight=AUTO_FIT_WEIGHT if auto else fixed,
             approximate_search=config.approximate_search,
             seed=config.seed,
         )
         patchcore = fit_patchcore(
             extractor, batches, len(fit_paths), config.image_size, params, config.progress
         )
+        release_free_memory()  # each phase of the fit frees what it used; see memory.py
         if patchcore.position_mean.numel():
             patchcore.score_norm.copy_(
                 score_spreads(patchcore, _batches(holdout_paths, config, [], "score spreads"))
             )
         if auto:
+            release_free_memory()
             position_choice = choose_position_weight(patchcore, holdout_paths, config)
         model, params = patchcore, patchcore.params  # as fitted, e.g. the balanced layer weights
     elif config.detector == "spade":
+        position_choice = None  # "auto" is PatchCore's; SPADE has no position statistics
         params = SpadeParams(seed=config.seed)
         model = fit_spade(extractor, batches, len(fit_paths), config.image_size, params)
     else:
         raise ValueError(f"unknown detector {config.detector!r}; choose patchcore or spade")
     model.eval()
+    release_free_memory()
     image_scores, map_maxima = [], []
     with torch.inference_mode():
         for images in _batches(holdout_paths, config, skipped, "calibration"):
@@ -205,4 +228,5 @@ def train(config: TrainConfig) -> ModelCard:
             position_choice=position_choice,
         ),
     }
+    release_free_memory()
     return save_artifact(model, card_fields, config.out_dir)

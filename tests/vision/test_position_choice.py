@@ -102,7 +102,7 @@ def test_the_command_line_takes_auto_or_a_share() -> None:
 
 def test_a_position_weight_for_another_detector_is_refused(tmp_path: Path) -> None:
     config = TrainConfig(
-        data_root=tmp_path, category="x", out_dir=tmp_path, detector="spade", position_weight="auto"
+        data_root=tmp_path, category="x", out_dir=tmp_path, detector="spade", position_weight=0.5
     )
     with pytest.raises(ValueError, match="PatchCore setting"):
         train(config)
