@@ -12,6 +12,8 @@ from tqdm import tqdm
 
 from services.vision.features import random_projection
 
+SQUARE_ROWS = 16_384
+
 
 def greedy_coreset(
     features: torch.Tensor,
@@ -30,7 +32,8 @@ def greedy_coreset(
     if projection_dim and points.shape[1] > projection_dim:
         points = points.float() @ random_projection(points.shape[1], projection_dim, seed)
     points = points.float().contiguous()
-    squared = (points * points).sum(dim=1)
+    # row norms in slices: a full ``points * points`` would be one more copy of the pool (32 MB)
+    squared = torch.cat([(rows * rows).sum(dim=1) for rows in points.split(SQUARE_ROWS)])
     generator = torch.Generator().manual_seed(seed)
     current = int(torch.randint(n_points, (1,), generator=generator))
     selected = torch.empty(n_select, dtype=torch.long)
