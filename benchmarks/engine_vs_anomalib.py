@@ -9,10 +9,11 @@ and 256x256 anomaly maps, so both are measured by the same yardstick.
     .venv/bin/python benchmarks/engine_vs_anomalib.py --skip-peer  # linewatch only
     .venv/bin/python benchmarks/engine_vs_anomalib.py --peer-from benchmarks/results/earlier.json
 
-linewatch runs twice per set: with its defaults, and with per-position statistics and the
-bfloat16 search (``--position-weight auto --fast-search``: the weight and the image score's top share
-chosen at training time on synthetic defects painted on held-out good images; ``--variants`` picks,
-``positions`` is the fixed 0.55 that was chosen on the magnetic-tile test images earlier).
+linewatch runs three times per set: with its defaults (the position weight and the image score's
+top share chosen at training time on synthetic defects painted on held-out good images, ``auto``),
+as plain PatchCore (``--position-weight 0``), and with its defaults and the bfloat16 search
+(``--fast-search``). ``--variants`` picks; ``positions`` is the fixed 0.55 that was chosen on the
+magnetic-tile test images before ``auto`` existed.
 
 The peer needs its own environment (see benchmarks/peer_anomalib.py): `.venv-bench`.
 Prints one table and writes benchmarks/results/engine_vs_anomalib.json.
@@ -68,15 +69,15 @@ def run_measured(command: list[str], log: Path) -> tuple[str, float, float]:
 
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "default": ("linewatch PatchCore", []),
-    # per-position Gaussians blended into the map (for parts in a fixture) and the bfloat16 search
-    # the same with the weight and the image top share chosen on synthetic defects painted on the
-    # held-out good images (no test image is looked at)
-    "auto": ("linewatch PatchCore+positions auto", ["--position-weight", "auto", "--fast-search"]),
+    # the position weight and image top share chosen on synthetic defects painted on the held-out
+    # good images (no test image is looked at)
+    "default": ("linewatch PatchCore (defaults)", []),
+    "plain": ("linewatch PatchCore, no positions", ["--position-weight", "0"]),
+    "fast": ("linewatch PatchCore (defaults) + bfloat16 search", ["--fast-search"]),
     # the weight that was chosen on the magnetic-tile test images before ``auto`` existed
     "positions": ("linewatch PatchCore+positions 0.55", ["--position-weight", "0.55", "--fast-search"]),
 }
-DEFAULT_VARIANTS = ("default", "auto")
+DEFAULT_VARIANTS = ("default", "plain", "fast")
 
 
 def linewatch_side(
@@ -120,8 +121,10 @@ def linewatch_side(
         "rss_fit_mb": rss_fit,
         "bank": card["tensors"]["memory_bank"][0],
     }
-    if card["training"].get("position_choice"):
-        chosen = card["training"]["position_choice"]
+    chosen = card["training"].get("position_choice")
+    if chosen and "skipped" in chosen:
+        row["chosen"] = "W=0.0 (too few held-out images)"
+    elif chosen:
         row["chosen"] = f"W={chosen['position_weight']} top={chosen['image_top_share']}"
     for batch in (8, 1):
         out, _, rss = run_measured(

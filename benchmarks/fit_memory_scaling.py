@@ -1,4 +1,4 @@
-"""Peak memory of `linewatch train` as the number of training images grows (200 → 1,000).
+"""Peak memory of `linewatch train` (its defaults) as the number of training images grows (200 → 1,000).
 
 The candidate pool is capped (250,000 patches, float16), so each image contributes fewer patches
 as more are given and the memory bank and peak RSS stay flat. Training images are the shared
@@ -72,17 +72,18 @@ def main() -> int:
                     "train_images": n_images,
                     "fit_images": card["training"]["n_fit"],
                     "memory_bank": card["tensors"]["memory_bank"][0],
+                    "position_weight": card["params"]["position_weight"],
                     "fit_s": card["training"]["fit_seconds"],
                     "wall_s": round(wall, 1),
                     "peak_rss_mb": round(rss, 1),
                 }
             )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(f"{'train images':>12}  {'fitted':>6}  {'bank':>6}  {'fit s':>6}  {'peak RSS MB':>11}")
+    print(f"{'train images':>12}  {'fitted':>6}  {'bank':>6}  {'W':>4}  {'fit s':>6}  {'peak RSS MB':>11}")
     for row in rows:
         print(
             f"{row['train_images']:>12}  {row['fit_images']:>6}  {row['memory_bank']:>6}  "
-            f"{row['fit_s']:>6.1f}  {row['peak_rss_mb']:>11.0f}"
+            f"{row['position_weight']:>4}  {row['fit_s']:>6.1f}  {row['peak_rss_mb']:>11.0f}"
         )
     args.out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
     return 0
