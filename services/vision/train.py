@@ -151,7 +151,8 @@ def train(config: TrainConfig) -> ModelCard:
     batches = _batches(fit_paths, config, skipped, "features")
     model: torch.nn.Module
     params: PatchCoreParams | SpadeParams
-    auto, position_choice = config.position_weight == "auto", None
+    auto = config.position_weight == "auto" and config.detector == "patchcore"  # SPADE has no positions
+    position_choice: dict[str, Any] | None = None
     if auto and len(holdout_paths) < MIN_AUTO_HOLDOUT:
         auto = False
         position_choice = {
@@ -177,11 +178,10 @@ def train(config: TrainConfig) -> ModelCard:
                 score_spreads(patchcore, _batches(holdout_paths, config, [], "score spreads"))
             )
         if auto:
-            release_free_memory()
+            release_free_memory()  # what the score spreads' pass freed
             position_choice = choose_position_weight(patchcore, holdout_paths, config)
         model, params = patchcore, patchcore.params  # as fitted, e.g. the balanced layer weights
     elif config.detector == "spade":
-        position_choice = None  # "auto" is PatchCore's; SPADE has no position statistics
         params = SpadeParams(seed=config.seed)
         model = fit_spade(extractor, batches, len(fit_paths), config.image_size, params)
     else:
