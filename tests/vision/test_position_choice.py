@@ -106,3 +106,15 @@ def test_a_position_weight_for_another_detector_is_refused(tmp_path: Path) -> No
     )
     with pytest.raises(ValueError, match="PatchCore setting"):
         train(config)
+
+
+def test_the_help_states_the_held_out_minimum_that_auto_needs(capsys: pytest.CaptureFixture[str]) -> None:
+    """``train --help`` names the minimum literally (the parser is built without importing torch)."""
+    from services.cli import main
+    from services.vision.train import MIN_AUTO_HOLDOUT
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "auto (default) = chosen on the held-out good images" in help_text
+    assert f"0 when fewer than {MIN_AUTO_HOLDOUT} are held out" in help_text
