@@ -51,13 +51,13 @@ from services.storage.stores import open_blob_store
 from services.stream.runtime import Line, LineOptions
 
 
-def status_mb(field: str) -> float:
+def status_mb(key: str) -> float:
     """A size from /proc/self/status in MB (VmRSS, RssAnon, RssFile, ...)."""
     with open("/proc/self/status", encoding="ascii") as status:
         for row in status:
-            if row.startswith(f"{field}:"):
+            if row.startswith(f"{key}:"):
                 return int(row.split()[1]) / 1024.0
-    raise RuntimeError(f"no {field} in /proc/self/status")
+    raise RuntimeError(f"no {key} in /proc/self/status")
 
 
 def rss_mb() -> float:
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             stored = records.count_inspections()
         finally:
             records.close()
-        blobs.close()
+            blobs.close()
         db_mb = sum(p.stat().st_size for p in work.glob("records.db*")) / 1e6
         blobs_mb = disk_mb(work / "blobs")
     if stored != args.frames or summary.frame_dead_letters:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-# Largest (queries x bank) distance block held at once: 1M floats = 4 MB, which stays in cache (on
-# 8,192 queries against 3,645-4,990 entries here 10-20% faster than 8 MB, 30% faster than 16 MB).
+# Largest (queries x bank) distance block held at once: 1M floats = 4 MB (8,192 queries against
+# 4,990 entries here, interleaved medians: 98.9 ms at 4 MB, 103.3 ms at 8 MB, 111.4 ms at 2 MB).
 MAX_BLOCK_ELEMENTS = 1024 * 1024
 
 
@@ -23,7 +23,7 @@ def nearest(
 
     Exact. The ranking is made on ``|b|^2 - 2 q.b`` (one matrix product per block); ``|q|^2``, the
     same for every entry of a query, is added to the k values kept, not to the whole block (a pass
-    over the block less: 15% of the search here)."""
+    over the block less: with the 4 MB blocks, 98.9 against 107.5 ms for 8,192 x 4,990 here)."""
     if bank.shape[0] == 0:
         raise ValueError("the memory bank is empty")
     k = min(k, bank.shape[0])

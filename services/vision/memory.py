@@ -3,21 +3,9 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import functools
-from collections.abc import Callable
+import sys
 
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-    return trim
+_LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
 
 
 def release_free_memory() -> bool:
@@ -27,8 +15,8 @@ def release_free_memory() -> bool:
     position choice, calibration). glibc keeps most of them on its heaps, where what one phase frees
     is fragmented and the next phase's allocations land beside it: the peak RSS of a 1,000-image fit
     measured 1,026-1,158 MB without a trim between phases and 958-1,008 MB with one, at no cost in
-    time. False where the C library has no ``malloc_trim``."""
-    trim = _malloc_trim()
+    time. False where the C library has no ``malloc_trim`` (not glibc)."""
+    trim = getattr(_LIBC, "malloc_trim", None)
     if trim is None:
         return False
     trim(0)

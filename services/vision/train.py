@@ -120,10 +120,10 @@ def choose_position_weight(
     """``--position-weight auto``: choose the weight and the image top share on the held-out good
     images and painted copies of them, set them on ``model`` (dropping the position statistics when
     the choice is 0) and return what was chosen and every candidate's scores, for the card."""
-    goods = []
     if len(holdout_paths) > MAX_AUTO_GOODS:
         picks = np.linspace(0, len(holdout_paths) - 1, MAX_AUTO_GOODS).round().astype(int)
         holdout_paths = [holdout_paths[i] for i in picks]
+    goods = []
     for path in holdout_paths:
         try:
             goods.append(resize_for_model(load_image(path), config.image_size, config.roi))
