@@ -234,6 +234,9 @@ def load_artifact(model_dir: Path) -> tuple[nn.Module, ModelCard]:
     model: nn.Module
     if card.kind == "patchcore":
         patchcore_params = dict(card.params)
+        # cards written before the exact search was screened in bfloat16 may carry the old opt-in
+        # approximate search; every search is exact now, so the flag has nothing left to choose
+        patchcore_params.pop("approximate_search", None)
         if patchcore_params.get("layer_weights") is not None:
             patchcore_params["layer_weights"] = tuple(patchcore_params["layer_weights"])
         params = PatchCoreParams(**patchcore_params)

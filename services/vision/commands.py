@@ -50,11 +50,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         " defects painted on them, 0 when fewer than 20 are held out (see README)",
     )
     train.add_argument(
-        "--fast-search",
-        action="store_true",
-        help="PatchCore: pick nearest neighbours from bfloat16 products (distances stay exact)",
-    )
-    train.add_argument(
         "--holdout", type=float, default=0.15, help="share of good images held out to calibrate"
     )
     train.add_argument(
@@ -109,7 +104,6 @@ def run_train(args: argparse.Namespace) -> int:
             image_size=args.image_size,
             coreset_ratio=args.coreset,
             position_weight=args.position_weight,
-            approximate_search=args.fast_search,
             layer_weights=tuple(args.layer_weights) if args.layer_weights else None,
             holdout=args.holdout,
             target_fpr=args.target_fpr,

@@ -18,7 +18,7 @@ from torch import nn
 from services.vision.backbone import FeatureExtractor
 from services.vision.coreset import greedy_coreset
 from services.vision.features import fuse_layers, random_projection, to_patches
-from services.vision.knn import nearest, nearest_bfloat16, squared_norms
+from services.vision.knn import BfloatScreen, native_bfloat16, nearest, nearest_screened, squared_norms
 from services.vision.maps import patch_scores_to_map
 from services.vision.memory import release_free_memory
 
@@ -39,15 +39,12 @@ class PatchCoreParams:
     position_eps: float = 0.02  # ridge added to every per-position covariance (0.01-0.05 tried)
     # with position statistics, the image score is the mean of this share of the map's highest pixels
     image_top_share: float = 0.02
-    # choose each patch's nearest bank entry from bfloat16 products (its distance stays exact float32)
-    approximate_search: bool = False
     seed: int = 0
 
 
 class PatchCoreModel(nn.Module):
     memory_bank: torch.Tensor
     bank_squared: torch.Tensor
-    bank_bfloat16: torch.Tensor
     projection: torch.Tensor
     position_mean: torch.Tensor
     position_precision: torch.Tensor
@@ -70,8 +67,8 @@ class PatchCoreModel(nn.Module):
         self.params = params
         self.register_buffer("memory_bank", memory_bank.float().contiguous())
         self.register_buffer("bank_squared", squared_norms(self.memory_bank))
-        bank_bfloat16 = self.memory_bank.bfloat16() if params.approximate_search else torch.empty(0)
-        self.register_buffer("bank_bfloat16", bank_bfloat16, persistent=False)
+        # the exact search is screened in bfloat16 where the CPU has bfloat16 matrix units
+        self.screen = BfloatScreen.of(self.memory_bank) if native_bfloat16() else None
         self.register_buffer("projection", projection if projection is not None else torch.empty(0))
         if (position_mean is None) != (position_precision is None):
             raise ValueError("position_mean and position_precision come together")
@@ -105,7 +102,7 @@ class PatchCoreModel(nn.Module):
         feature_maps = self.extractor(images)
         patches, grid = self._embed_maps(feature_maps)
         batch, n_patches, dim = patches.shape
-        distances, _ = nearest(patches.reshape(-1, dim), self.memory_bank, 1, self.bank_squared)
+        distances, _ = self._nearest(patches.reshape(-1, dim))
         positions = (
             position_distances(position_features(feature_maps), self.position_mean, self.position_precision)
             if self.position_mean.numel()
@@ -122,12 +119,7 @@ class PatchCoreModel(nn.Module):
         feature_maps = self.extractor(images)
         patches, (h, w) = self._embed_maps(feature_maps)
         batch, n_patches, dim = patches.shape
-        if self.params.approximate_search:
-            distances, where = nearest_bfloat16(
-                patches.reshape(-1, dim), self.memory_bank, self.bank_squared, self.bank_bfloat16
-            )
-        else:
-            distances, where = nearest(patches.reshape(-1, dim), self.memory_bank, 1, self.bank_squared)
+        distances, where = self._nearest(patches.reshape(-1, dim))
         patch_scores = distances.view(batch, n_patches)
         if self.uses_positions:
             positions = position_distances(
@@ -142,6 +134,12 @@ class PatchCoreModel(nn.Module):
             maps = patch_scores_to_map(patch_scores.view(batch, h, w), self.image_size, self.params.sigma)
         embeddings = patches[torch.arange(batch), grid_scores.argmax(dim=1)]
         return image_scores, maps, embeddings
+
+    def _nearest(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each patch's exact nearest bank entry: distances (Q, 1) and indices (Q, 1)."""
+        if self.screen is not None:
+            return nearest_screened(patches, self.memory_bank, self.screen)
+        return nearest(patches, self.memory_bank, 1, self.bank_squared)
 
     def _image_scores(
         self, patches: torch.Tensor, patch_scores: torch.Tensor, where: torch.Tensor

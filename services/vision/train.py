@@ -57,7 +57,6 @@ class TrainConfig:
     # PatchCore: share of the per-position Gaussian score (0 = off; "auto": chosen on synthetic
     # defects painted on the held-out good images, 0 when fewer than MIN_AUTO_HOLDOUT are held out)
     position_weight: float | Literal["auto"] = "auto"
-    approximate_search: bool = False  # PatchCore: bfloat16 nearest-neighbour choice, exact distance
     layer_weights: tuple[float, ...] | None = None
     holdout: float = 0.15
     target_fpr: float = 0.01
@@ -166,7 +165,6 @@ def train(config: TrainConfig) -> ModelCard:
             coreset_ratio=config.coreset_ratio,
             layer_weights=config.layer_weights,
             position_weight=AUTO_FIT_WEIGHT if auto else fixed,
-            approximate_search=config.approximate_search,
             seed=config.seed,
         )
         patchcore = fit_patchcore(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from services.vision import knn
@@ -75,3 +76,49 @@ def test_nearest_distance_to_itself_is_zero_not_nan() -> None:
     assert torch.equal(indices[:, 0], torch.arange(50))
     assert not torch.isnan(distances).any()
     assert distances.max() < 0.05  # float32 rounding of |q|^2 - 2qb + |b|^2, clamped before sqrt
+
+
+def near_ties(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bank entries in tight pairs (0.2% apart) and queries between them: bfloat16 products alone
+    (8 significant bits) often pick the wrong one of a pair."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = 3.0 + torch.randn(400, 96, generator=generator)  # far from the origin, like features
+    bank = torch.cat([centres, centres + 0.002 * torch.randn(400, 96, generator=generator)])
+    queries = centres[:300] + 0.003 * torch.randn(300, 96, generator=generator)
+    return queries, bank
+
+
+def test_screened_search_is_exact_where_bfloat16_alone_is_not(monkeypatch: object) -> None:
+    monkeypatch.setattr(knn, "MAX_BLOCK_ELEMENTS", 7 * 800)  # several blocks, the last one short
+    queries, bank = near_ties(2)
+    brute = torch.cdist(queries.double(), bank.double())
+    want_distances, want = brute.min(dim=1)
+    distances, where = knn.nearest_screened(queries, bank, knn.BfloatScreen.of(bank))
+    assert where.shape == (300, 1) and distances.shape == (300, 1)
+    assert torch.equal(where[:, 0], want)
+    assert torch.allclose(distances[:, 0].double(), want_distances, rtol=1e-5, atol=1e-6)
+    # the bfloat16 ranking by itself gets a good share of these wrong: the screen's check matters
+    products = queries.bfloat16() @ bank.bfloat16().T
+    rough = ((bank * bank).sum(dim=1) - 2 * products.float()).argmin(dim=1)
+    assert (rough != want).float().mean() > 0.1
+
+
+def test_screened_search_equals_plain_search_on_spread_data() -> None:
+    generator = torch.Generator().manual_seed(3)
+    bank = torch.randn(2000, 128, generator=generator).relu()
+    queries = torch.randn(1500, 128, generator=generator).relu()
+    distances, where = knn.nearest_screened(queries, bank, knn.BfloatScreen.of(bank))
+    plain_distances, plain_where = knn.nearest(queries, bank)
+    assert (where == plain_where).float().mean() > 0.999  # float32 rounding may split exact ties
+    assert torch.allclose(distances, plain_distances, atol=1e-4)
+    with torch.no_grad():
+        itself, at = knn.nearest_screened(bank[:5], bank, knn.BfloatScreen.of(bank))
+    assert torch.equal(at[:, 0], torch.arange(5)) and float(itself.max()) < 1e-3
+
+
+def test_screened_search_refuses_an_empty_bank() -> None:
+    bank = torch.zeros(0, 8)
+    with pytest.raises(ValueError, match="empty"):
+        knn.nearest_screened(
+            torch.zeros(2, 8), bank, knn.BfloatScreen(torch.zeros(8), bank.bfloat16(), bank[:, 0], 0.0)
+        )

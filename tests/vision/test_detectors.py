@@ -113,6 +113,23 @@ def test_artifact_round_trip_gives_identical_scores(patchcore: PatchCoreModel, t
     assert 0.0 < predictions[0].score < 1.0
 
 
+def test_a_card_from_before_the_screened_search_still_loads(
+    patchcore: PatchCoreModel, tmp_path: Path
+) -> None:
+    """Cards once carried an opt-in approximate search; every search is exact now."""
+    model_dir = tmp_path / "model"
+    save_artifact(patchcore, card_fields(patchcore), model_dir)
+    card = json.loads((model_dir / "card.json").read_text())
+    assert "approximate_search" not in card["params"]
+    card["params"]["approximate_search"] = True
+    (model_dir / "card.json").write_text(json.dumps(card))
+    loaded, _ = load_artifact(model_dir)
+    images = with_defect(good_images(2, 310))
+    with torch.inference_mode():
+        for a, b in zip(patchcore(images), loaded(images), strict=True):
+            assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_damaged_or_mismatched_artifacts_fail_clearly(patchcore: PatchCoreModel, tmp_path: Path) -> None:
     model_dir = tmp_path / "model"
     save_artifact(patchcore, card_fields(patchcore), model_dir)

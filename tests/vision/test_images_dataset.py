@@ -150,3 +150,11 @@ def test_empty_or_missing_training_folder_is_a_clear_error(tmp_path: Path) -> No
     (tmp_path / "empty" / "train" / "good").mkdir(parents=True)
     with pytest.raises(DatasetError, match="no training images in"):
         list_train_images(tmp_path, "empty")
+
+
+def test_opencv_leaves_the_cores_to_torch() -> None:
+    import cv2
+
+    import services.vision  # noqa: F401  (sets it)
+
+    assert cv2.getNumThreads() == 1

@@ -10,7 +10,6 @@ import torch
 
 from services.vision.artifact import load_artifact, save_artifact
 from services.vision.backbone import FeatureExtractor, build_feature_extractor
-from services.vision.knn import nearest, nearest_bfloat16
 from services.vision.patchcore import (
     PatchCoreModel,
     PatchCoreParams,
@@ -84,7 +83,7 @@ def extractor(mobilenet_weights: Path) -> FeatureExtractor:
 
 @pytest.fixture(scope="module")
 def blended(extractor: FeatureExtractor) -> PatchCoreModel:
-    params = PatchCoreParams(coreset_ratio=0.1, position_weight=0.5, approximate_search=True)
+    params = PatchCoreParams(coreset_ratio=0.1, position_weight=0.5)
     model = fit_patchcore(extractor, [good_images(8, seed) for seed in range(3)], 24, SIZE, params, False)
     model.score_norm.copy_(score_spreads(model, [good_images(4, 50)]))
     return model
@@ -120,17 +119,3 @@ def test_blended_artifact_round_trips(blended: PatchCoreModel, tmp_path: Path) -
     with torch.inference_mode():
         for a, b in zip(blended(images), loaded(images), strict=True):
             assert torch.allclose(a, b, atol=1e-5)
-
-
-def test_bfloat16_search_returns_exact_distances_of_near_best_entries() -> None:
-    generator = torch.Generator().manual_seed(1)
-    bank = torch.randn(300, 64, generator=generator)
-    queries = bank[:50] + 0.3 * torch.randn(50, 64, generator=generator)
-    exact, exact_where = nearest(queries, bank, 1)
-    approx, where = nearest_bfloat16(queries, bank)
-    assert where.shape == (50, 1) and approx.shape == (50, 1)
-    assert torch.allclose(approx[:, 0], torch.linalg.vector_norm(queries - bank[where[:, 0]], dim=1))
-    assert bool((approx >= exact - 1e-5).all())
-    assert (where == exact_where).float().mean() > 0.9
-    with pytest.raises(ValueError, match="empty"):
-        nearest_bfloat16(queries, bank[:0])
