@@ -113,7 +113,11 @@ def nearest_screened(
         best = torch.full((len(block),), math.inf).scatter_reduce_(0, rows, squared, "amin")
         hit = squared == best[rows]
         where = torch.full((len(block),), entries, dtype=torch.long)
-        indices[start : start + chunk] = where.scatter_reduce_(0, rows[hit], cols[hit], "amin")
+        where.scatter_reduce_(0, rows[hit], cols[hit], "amin")
+        # only a query with non-finite features has no candidate: NaN, as the float32 search gives
+        unmatched = where == entries
+        where[unmatched], best[unmatched] = 0, math.nan
+        indices[start : start + chunk] = where
         distances[start : start + chunk] = best.sqrt_()
     return distances.unsqueeze(1), indices.unsqueeze(1)
 

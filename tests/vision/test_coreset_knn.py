@@ -116,6 +116,15 @@ def test_screened_search_equals_plain_search_on_spread_data() -> None:
     assert torch.equal(at[:, 0], torch.arange(5)) and float(itself.max()) < 1e-3
 
 
+def test_screened_search_gives_nan_for_a_non_finite_query_like_the_plain_search() -> None:
+    bank = torch.randn(50, 16, generator=torch.Generator().manual_seed(4))
+    queries = bank[:3].clone()
+    queries[1, 5] = float("nan")
+    distances, where = knn.nearest_screened(queries, bank, knn.BfloatScreen.of(bank))
+    assert torch.isnan(distances[1, 0]) and torch.isnan(knn.nearest(queries, bank)[0][1, 0])
+    assert where[1, 0] == 0 and torch.equal(where[[0, 2], 0], torch.tensor([0, 2]))
+
+
 def test_screened_search_refuses_an_empty_bank() -> None:
     bank = torch.zeros(0, 8)
     with pytest.raises(ValueError, match="empty"):
