@@ -88,7 +88,7 @@ def near_ties(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return queries, bank
 
 
-def test_screened_search_is_exact_where_bfloat16_alone_is_not(monkeypatch: object) -> None:
+def test_screened_search_is_exact_where_bfloat16_alone_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(knn, "MAX_BLOCK_ELEMENTS", 7 * 800)  # several blocks, the last one short
     queries, bank = near_ties(2)
     brute = torch.cdist(queries.double(), bank.double())
