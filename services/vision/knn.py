@@ -103,9 +103,7 @@ def nearest_screened(
         centred = block - screen.centre
         norms = torch.linalg.vector_norm(centred, dim=1)
         # |b|^2 - 2 q.b, approximately: the distance less |q|^2, which is the same for a whole row
-        approximate = torch.addcmul(
-            screen.centred_squared, centred.bfloat16() @ screen.centred.T, torch.tensor(-2.0)
-        )
+        approximate = torch.add(screen.centred_squared, centred.bfloat16() @ screen.centred.T, alpha=-2)
         slack = 2 * error * norms * screen.max_norm + 1e-5 * (norms + screen.max_norm) ** 2 + 1e-30
         ceiling = approximate.amin(dim=1) + 2 * slack
         rows, cols = _at_most(approximate, ceiling)
@@ -123,10 +121,7 @@ def nearest_screened(
 
 
 def _at_most(values: torch.Tensor, ceilings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows and columns of the entries of ``values`` (Q, N) at most their row's ceiling (Q,)."""
-    if values.device.type != "cpu":
-        found = (values <= ceilings.unsqueeze(1)).nonzero(as_tuple=True)
-        return found[0], found[1]
-    # numpy's comparison and flatnonzero: 0.12 ms per 1M entries here, torch's 1.4 ms
+    """Rows and columns of the entries of ``values`` (Q, N, on the CPU) at most their row's ceiling
+    (Q,). numpy's comparison and flatnonzero: 0.12 ms per 1M entries here, torch's 1.4 ms."""
     flat = torch.from_numpy(np.flatnonzero(values.numpy() <= ceilings.numpy()[:, None]))
     return flat // values.shape[1], flat % values.shape[1]

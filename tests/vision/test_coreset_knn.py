@@ -128,6 +128,4 @@ def test_screened_search_gives_nan_for_a_non_finite_query_like_the_plain_search(
 def test_screened_search_refuses_an_empty_bank() -> None:
     bank = torch.zeros(0, 8)
     with pytest.raises(ValueError, match="empty"):
-        knn.nearest_screened(
-            torch.zeros(2, 8), bank, knn.BfloatScreen(torch.zeros(8), bank.bfloat16(), bank[:, 0], 0.0)
-        )
+        knn.nearest_screened(torch.zeros(2, 8), bank, knn.BfloatScreen.of(bank))
