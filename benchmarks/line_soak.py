@@ -1,11 +1,13 @@
 """A long run of the embedded line: does its memory stay flat?
 
 ``--frames`` frames (default 10,000) go through the embedded line (``Line``, default options but
-``keep_frames=False``, so that only heat maps and records stay on disk) from an in-memory source
+``keep_frames=False``, so that only heat maps and records stay on disk; detectors in worker
+processes, as ``linewatch run`` runs them) from an in-memory source
 that loops over ``--distinct`` pre-rendered synthetic parts, each frame with a fresh capture time and
 frame id, with the line's process samples (one a second) from memory too. The process's resident
-set size (``VmRSS`` in /proc/self/status) is sampled before the line starts and then every
-``--every`` stored records.
+set size (``VmRSS`` in /proc/<pid>/status), summed over this process and the line's detector
+processes, is sampled before the line starts and then every ``--every`` stored records. (The sum
+counts the libraries every process maps, torch's among them, once per process.)
 
 Reported: RSS growth over the first quarter of the frames (from before the line started to 25 %:
 threads, caches, allocator arenas) against the last quarter (75 % to the last sample while the line
@@ -28,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +53,16 @@ from services.storage.stores import open_blob_store
 from services.stream.runtime import Line, LineOptions
 
 
-def status_mb(key: str) -> float:
-    """A size from /proc/self/status in MB (VmRSS, RssAnon, RssFile, ...)."""
-    with open("/proc/self/status", encoding="ascii") as status:
-        for row in status:
-            if row.startswith(f"{key}:"):
-                return int(row.split()[1]) / 1024.0
-    raise RuntimeError(f"no {key} in /proc/self/status")
+def status_mb(key: str, pid: int | str = "self") -> float:
+    """A size from /proc/<pid>/status in MB (VmRSS, RssAnon, RssFile, ...); 0 for a process gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for row in status:
+                if row.startswith(f"{key}:"):
+                    return int(row.split()[1]) / 1024.0
+    except FileNotFoundError:
+        return 0.0
+    raise RuntimeError(f"no {key} in /proc/{pid}/status")
 
 
 def rss_mb() -> float:
@@ -65,13 +70,27 @@ def rss_mb() -> float:
     return status_mb("VmRSS")
 
 
+def line_mb(line: Line, key: str) -> float:
+    """``key`` summed over this process and the line's running detector processes."""
+    workers = [w.pid for w in line.detector_processes if w.pid is not None]
+    return status_mb(key) + sum(status_mb(key, pid) for pid in workers)
+
+
 @dataclass(frozen=True)
 class Sample:
     frames: int  # records stored when the sample was taken
     seconds: float  # since the line started
-    rss_mb: float
-    anon_mb: float = field(default_factory=lambda: status_mb("RssAnon"))  # heap, arenas, tensors
-    file_mb: float = field(default_factory=lambda: status_mb("RssFile"))  # mapped files, libraries
+    rss_mb: float  # this process and the detector processes
+    anon_mb: float  # heap, arenas, tensors
+    file_mb: float  # mapped files, libraries
+    workers_mb: float  # the detector processes' part of rss_mb
+
+    @classmethod
+    def of(cls, line: Line, frames: int, seconds: float) -> Sample:
+        total = line_mb(line, "VmRSS")
+        return cls(
+            frames, seconds, total, line_mb(line, "RssAnon"), line_mb(line, "RssFile"), total - rss_mb()
+        )
 
 
 class RssSampler:
@@ -79,7 +98,7 @@ class RssSampler:
 
     def __init__(self, line: Line, every: int, total: int, poll_s: float = 0.02) -> None:
         self.line, self.every, self.total, self.poll_s = line, every, total, poll_s
-        self.samples = [Sample(0, 0.0, rss_mb())]  # before the line starts, then while it runs
+        self.samples = [Sample.of(line, 0, 0.0)]  # before the line starts, then while it runs
         self.after: Sample | None = None  # once the line has ended (its threads gone)
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
@@ -93,7 +112,7 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._done.set()
         self._thread.join()
-        self.after = Sample(self.line.summary.inspected, self._elapsed(), rss_mb())
+        self.after = Sample.of(self.line, self.line.summary.inspected, self._elapsed())
 
     def _elapsed(self) -> float:
         return time.perf_counter() - self._started
@@ -105,7 +124,7 @@ class RssSampler:
                 done = self.line.summary.inspected
                 bar.update(done - bar.n)
                 if done >= next_mark:
-                    self.samples.append(Sample(done, self._elapsed(), rss_mb()))
+                    self.samples.append(Sample.of(self.line, done, self._elapsed()))
                     bar.set_postfix(rss_mb=f"{self.samples[-1].rss_mb:.0f}")
                     next_mark = (done // self.every + 1) * self.every
 
@@ -142,6 +161,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--flat-mb", type=float, default=5.0, help="most last-quarter growth called flat")
     parser.add_argument("--keep-frames", action="store_true", help="keep the raw frame blobs too")
+    parser.add_argument(
+        "--detector-threads-only",
+        action="store_true",
+        help="run the line's detectors as threads of this process (LineOptions.detector_processes=False)",
+    )
     parser.add_argument("--work", type=Path, help="where the stores go (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=RESULTS / "line_soak.json")
     return parser.parse_args(argv)
@@ -150,7 +174,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    options = LineOptions(keep_frames=args.keep_frames)
+    options = LineOptions(keep_frames=args.keep_frames, detector_processes=not args.detector_threads_only)
     with tempfile.TemporaryDirectory(prefix="line-soak-", dir=args.work) as tmp:
         work = Path(tmp)
         inspector, model_dir = load_or_train(args.model, work, args.train_parts, args.seed)
@@ -186,10 +210,11 @@ def main(argv: list[str] | None = None) -> int:
             "rss_mb": round(s.rss_mb, 1),
             "anon_mb": round(s.anon_mb, 1),
             "file_mb": round(s.file_mb, 1),
+            "workers_mb": round(s.workers_mb, 1),
         }
         for s in [*samples, *([after] if after is not None else [])]
     ]
-    print_table(rows, ["frames", "seconds", "rss_mb", "anon_mb", "file_mb"])
+    print_table(rows, ["frames", "seconds", "rss_mb", "anon_mb", "file_mb", "workers_mb"])
     summary_row = {
         "frames": stored,
         "seconds": round(summary.wall_s, 1),

@@ -189,9 +189,10 @@ def load_or_train(model_dir: Path | None, work: Path, train_parts: int, seed: in
 # ------------------------------------------------------------------------------------ measuring
 
 
-def cpu_s() -> float:
-    """CPU seconds this process has used (all its threads)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+def cpu_s(who: int = resource.RUSAGE_SELF) -> float:
+    """CPU seconds this process has used (all its threads), or with RUSAGE_CHILDREN its child
+    processes that have ended (the line's detector processes end with the line)."""
+    usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
 
 
@@ -211,12 +212,14 @@ class Meter:
 
     def __enter__(self) -> Meter:
         self.busy0, self.cpu0, self.wall0 = machine_busy_s(), cpu_s(), time.perf_counter()
+        self.children0 = cpu_s(resource.RUSAGE_CHILDREN)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.wall0
         self.cpu = cpu_s() - self.cpu0
-        others = max(0.0, machine_busy_s() - self.busy0 - self.cpu)
+        children = cpu_s(resource.RUSAGE_CHILDREN) - self.children0  # (start-up and exit included)
+        others = max(0.0, machine_busy_s() - self.busy0 - self.cpu - children)
         self.others_share = others / (self.seconds * (os.cpu_count() or 1))
 
 
@@ -329,7 +332,10 @@ def run_line(
         blobs.close()
     check_line(summary, count, stored)
     latencies = list(summary.latencies_ms)
-    return Run("line", summary.inspected, summary.wall_s, meter.cpu, meter.others_share, latencies), line
+    # this process's CPU and what its detector processes used after starting (their start-up, timed
+    # apart as LineSummary.startup_s, is not the line's throughput)
+    cpu = meter.cpu + sum(worker.run_cpu_s for worker in line.detector_processes)
+    return Run("line", summary.inspected, summary.wall_s, cpu, meter.others_share, latencies), line
 
 
 def check_line(summary: LineSummary, count: int, stored: int) -> None:
@@ -398,6 +404,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--detector-threads", type=int, help="LineOptions.detector_threads (default: the line's)"
     )
+    parser.add_argument(
+        "--detector-threads-only",
+        action="store_true",
+        help="run the line's detectors as threads of this process (LineOptions.detector_processes=False)",
+    )
     parser.add_argument("--work", type=Path, help="where the stores go (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=RESULTS / "line_throughput.json")
     return parser.parse_args(argv)
@@ -423,7 +434,11 @@ def summarise(runs: list[Run], kind: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    options = LineOptions(detectors=args.detectors, detector_threads=args.detector_threads)
+    options = LineOptions(
+        detectors=args.detectors,
+        detector_threads=args.detector_threads,
+        detector_processes=not args.detector_threads_only,  # `linewatch run` and `demo` use processes
+    )
     plan = detector_plan(options, args.threads)
     print(f"line: {plan[0]} detector thread(s) with {plan[1]} torch thread(s) each; bare: {args.threads}")
     rounds: list[tuple[Run, Run, Run]] = []

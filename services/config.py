@@ -67,6 +67,10 @@ class LinewatchSettings(BaseSettings):
     keep_frames: bool = Field(default=True, description="False: delete raw frames once inspected")
     cameras: list[str] = Field(default_factory=list, description="Known cameras; empty: any camera")
     max_frame_mib: float = Field(default=64.0, gt=0, description="Larger frames are dead letters")
+    detector_processes: bool = Field(
+        default=True,
+        description="Run each detector in a worker process of its own (false: threads of this process)",
+    )
     api: Annotated[ApiSettings, BeforeValidator(_api_settings)] = Field(default_factory=ApiSettings)
 
     @classmethod
@@ -96,6 +100,7 @@ class LinewatchSettings(BaseSettings):
             keep_frames=self.keep_frames,
             cameras=frozenset(self.cameras) if self.cameras else None,
             max_frame_bytes=int(self.max_frame_mib * MIB),
+            detector_processes=self.detector_processes,
         )
 
 

@@ -82,7 +82,7 @@ def run_demo(options: DemoOptions) -> LineSummary:
             {frames.line.recipe: inspector},
             records,
             blobs,
-            LineOptions(keep_frames=options.keep_frames),
+            LineOptions(keep_frames=options.keep_frames, detector_processes=True),  # as `linewatch run`
         )
         server = None
         if options.serve:

@@ -37,6 +37,7 @@ from services.ingest.ports import CapturedFrame, FrameSource, ProcessSource
 from services.storage.errors import BlobStoreFull
 from services.storage.ports import BlobStore, RecordStore
 from services.stream.admission import admission_check, claim_check
+from services.stream.detector_process import DetectorProcess
 from services.stream.metrics import LineMetrics
 from services.stream.process_feed import ProcessFeed
 from services.stream.process_join import ProcessHistory, check_capture_time
@@ -80,6 +81,10 @@ class LineOptions:
     # team of one thread less than one of all threads.
     detectors: int | None = None
     detector_threads: int | None = None
+    # Run each detector in a worker process of its own (services/stream/detector_process.py) instead
+    # of a thread of this one: the line's own Python then no longer stalls inference. ``linewatch run``
+    # and ``linewatch demo`` do; each worker holds a copy of the models and takes seconds to start.
+    detector_processes: bool = False
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.queue_size < 1:  # a queue of size 0 would be unbounded
@@ -163,6 +168,7 @@ class Line:
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._detectors: list[ThreadPoolExecutor] = []
+        self._workers: list[DetectorProcess] = []  # with detector_processes: one per detector thread
 
     def stop(self, reason: str | None = None) -> None:
         """Stop reading the sources and drain; safe to call from any thread or a signal handler."""
@@ -172,6 +178,11 @@ class Line:
             self._stopping.set()
         elif not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._stopping.set)
+
+    @property
+    def detector_processes(self) -> list[DetectorProcess]:
+        """The detectors' worker processes of the current or last run (none without detector_processes)."""
+        return list(self._workers)
 
     @property
     def stopping(self) -> bool:
@@ -197,15 +208,24 @@ class Line:
         started, self.running = time.perf_counter(), True
         # Each detector is one long-lived thread (one warm OpenMP team) that sets its own torch thread
         # count: OpenMP keeps the count per calling thread, so a fresh thread would not have the caller's.
+        # With detector processes the thread only waits on its worker, which sets its own count.
         caller_threads = torch.get_num_threads()
         detectors, threads = detector_plan(self.options, caller_threads)
         self._detectors = [
             ThreadPoolExecutor(1, f"linewatch-detector-{i}", set_torch_threads, (threads,))
             for i in range(detectors)
         ]
+        if self.options.detector_processes:
+            self._workers = [
+                DetectorProcess(self.inspectors, threads, f"linewatch-detector-{i}", self.options.max_batch)
+                for i in range(detectors)
+            ]
         try:
             await asyncio.gather(*(self._loop.run_in_executor(d, int) for d in self._detectors))
             torch.set_num_threads(caller_threads)  # (setting it in a detector thread set the default too)
+            await asyncio.gather(*(asyncio.to_thread(worker.start) for worker in self._workers))
+            self.summary.startup_s = time.perf_counter() - started
+            started = time.perf_counter()
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._ingest_all(to_join))
                 tasks.create_task(self._join(to_join, to_detect, feed))
@@ -217,7 +237,11 @@ class Line:
             for detector in self._detectors:
                 detector.shutdown(wait=False, cancel_futures=True)
             self.running = False
-            self.summary.wall_s = time.perf_counter() - started
+            self.summary.wall_s = time.perf_counter() - started  # (a worker takes a while to exit)
+            for worker in self._workers:
+                worker.ask_to_stop()  # all at once: they exit side by side
+            for worker in self._workers:
+                worker.close()
         return self.summary
 
     # ------------------------------------------------------------------------------------ ingest
@@ -334,18 +358,18 @@ class Line:
         self, inbox: asyncio.Queue[InFlight | None], out: asyncio.Queue[DetectedBatch | None]
     ) -> None:
         async with asyncio.TaskGroup() as detectors:
-            for detector in self._detectors:
-                detectors.create_task(self._detect_with(detector, inbox, out))
+            for index in range(len(self._detectors)):
+                detectors.create_task(self._detect_with(index, inbox, out))
         inbox.get_nowait()  # the end, put back by the last detector to see it
         await out.put(END)
 
     async def _detect_with(
         self,
-        detector: ThreadPoolExecutor,
+        detector: int,
         inbox: asyncio.Queue[InFlight | None],
         out: asyncio.Queue[DetectedBatch | None],
     ) -> None:
-        """Take batches off ``inbox`` and score them with ``detector`` until the end of the frames."""
+        """Take batches off ``inbox`` and score them with detector number ``detector`` until the end."""
         ended = False
         while not ended:
             batch, ended = await self._next_batch(inbox)
@@ -358,14 +382,16 @@ class Line:
                     await out.put(DetectedBatch(recipe, items, detected))
         inbox.put_nowait(END)  # (the end was taken off the queue: put it back for the other detectors)
 
-    async def _run_detector(
-        self, detector: ThreadPoolExecutor, recipe: str, items: list[InFlight]
-    ) -> Detected | None:
+    async def _run_detector(self, detector: int, recipe: str, items: list[InFlight]) -> Detected | None:
         """One recipe's frames scored as a batch; on failure they are dead-lettered and None returned."""
         images: list[Any] = [item.image for item in items]
         try:
-            detect = functools.partial(detect_batch, self.inspectors[recipe], images)
-            detected = await asyncio.get_running_loop().run_in_executor(detector, detect)
+            if self._workers:
+                detect = functools.partial(self._workers[detector].detect, recipe, images)
+            else:
+                detect = functools.partial(detect_batch, self.inspectors[recipe], images)
+            thread = self._detectors[detector]
+            detected = await asyncio.get_running_loop().run_in_executor(thread, detect)
         except Exception as err:  # a worker never dies on one batch; the frames are kept as dead letters
             log.exception("detecting a batch of %d frames failed", len(items))
             await self._inspect_failed(items, "inspect_error", f"{type(err).__name__}: {err}")

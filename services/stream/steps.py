@@ -11,7 +11,7 @@ import io
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import get_args
 
@@ -151,11 +151,24 @@ def build_inspection(
 
 
 @dataclass(frozen=True)
+class EncodedHeatmap:
+    """A frame's heat map PNG (see :func:`services.vision.overlay.encode_heatmap`), not yet stored."""
+
+    data: bytes
+    width: int
+    height: int
+    encode_ms: float
+
+
+@dataclass(frozen=True)
 class Detected:
     """A batch scored by the detector, not yet made into records."""
 
     predictions: list[Prediction]
     timings_ms: dict[str, float]  # the batch steps (preprocess, infer), each for the whole batch
+    # Each frame's heat map, when encoded where the batch was scored (a detector process): the
+    # predictions' anomaly maps are then dropped, and the records store these instead.
+    heatmaps: list[EncodedHeatmap] | None = None
 
 
 def detect_batch(inspector: Inspector, images: Sequence[np.ndarray]) -> Detected:
@@ -166,6 +179,18 @@ def detect_batch(inspector: Inspector, images: Sequence[np.ndarray]) -> Detected
     start = time.perf_counter()
     predictions = detect(inspector, batch, [(image.shape[0], image.shape[1]) for image in images])
     return Detected(predictions, {"preprocess": preprocess_ms, "infer": elapsed_ms(start)})
+
+
+def with_heatmaps(inspector: Inspector, images: Sequence[np.ndarray], detected: Detected) -> Detected:
+    """``detected`` with each frame's heat map encoded and the frame-sized anomaly maps dropped:
+    what a detector process sends back (a few KB a frame instead of a float per pixel)."""
+    heatmaps, slim = [], []
+    for image, prediction in zip(images, detected.predictions, strict=True):
+        start = time.perf_counter()
+        data, width, height = encode_heatmap(prediction.anomaly_map, image.shape[:2], inspector.card.roi)
+        heatmaps.append(EncodedHeatmap(data, width, height, elapsed_ms(start)))
+        slim.append(replace(prediction, anomaly_map=np.zeros((0, 0), np.float32)))
+    return Detected(slim, detected.timings_ms, heatmaps)
 
 
 def finish_batch(
@@ -188,9 +213,15 @@ def finish_batch(
         defects = postprocess(prediction)
         postprocess_ms = elapsed_ms(start)
         start = time.perf_counter()
-        heatmap = store_heatmap(blobs, prediction, image.shape[:2], inspector.card.roi)
+        if detected.heatmaps is not None:  # encoded where the batch was scored: store it
+            encoded = detected.heatmaps[i]
+            heatmap = blobs.put(encoded.data, "png", encoded.width, encoded.height)
+            heatmap_ms = encoded.encode_ms + elapsed_ms(start)
+        else:
+            heatmap = store_heatmap(blobs, prediction, image.shape[:2], inspector.card.roi)
+            heatmap_ms = elapsed_ms(start)
         timings = dict(timings_ms[i]) if timings_ms is not None else {}
-        timings |= detected.timings_ms | {"postprocess": postprocess_ms, "heatmap": elapsed_ms(start)}
+        timings |= detected.timings_ms | {"postprocess": postprocess_ms, "heatmap": heatmap_ms}
         snapshot = process[i] if process is not None else MISSING_PROCESS
         records.append(build_inspection(frame, inspector, prediction, defects, heatmap, snapshot, timings))
     return records

@@ -20,7 +20,8 @@ class LineSummary:
     frame_dead_letters: int = 0
     process_samples: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)  # reason code → count (frames and process)
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # from the first frame read (the detectors ready) to the last record stored
+    startup_s: float = 0.0  # starting the detectors (worker processes load their models), before wall_s
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW), repr=False)
     stopped_by: str | None = None  # why the line stopped on its own (e.g. the blob store is full)
 
@@ -37,6 +38,10 @@ class LineSummary:
     def latency_ms(self, percentile: float) -> float:
         return float(np.percentile(self.latencies_ms, percentile)) if self.latencies_ms else 0.0
 
+    def _startup(self) -> str:
+        """How long the detectors took to start, when that was worth saying (worker processes)."""
+        return f" (after {self.startup_s:.1f} s starting the detectors)" if self.startup_s >= 0.05 else ""
+
     def lines(self) -> list[str]:
         """The summary as printed by ``linewatch demo`` and ``linewatch run``."""
         reasons = ", ".join(f"{code} {n}" for code, n in sorted(self.dead_letters.items())) or "none"
@@ -48,7 +53,7 @@ class LineSummary:
             f"frames        {frames}",
             f"NG rate       {self.ng_rate:.1%} ({self.ng} NG of {self.inspected})",
             f"dead letters  {sum(self.dead_letters.values())} ({reasons})",
-            f"throughput    {self.throughput:.1f} frames/s over {self.wall_s:.1f} s",
+            f"throughput    {self.throughput:.1f} frames/s over {self.wall_s:.1f} s{self._startup()}",
             f"latency       p50 {p50:.0f} ms, p99 {p99:.0f} ms (read off the source to stored)",
         ]
         if self.stopped_by:

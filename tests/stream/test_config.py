@@ -85,3 +85,15 @@ def test_the_example_file_loads_and_its_sources_open() -> None:
         assert open_frame_source(url, settings.frame_context()).name
     for url in settings.process_sources:
         assert open_process_source(url, settings.line_id).name
+
+
+def test_detectors_run_in_worker_processes_unless_told_not_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_settings(None).line_options().detector_processes is True
+    assert (
+        load_settings(write(tmp_path, "detector_processes: false\n")).line_options().detector_processes
+        is False
+    )
+    monkeypatch.setenv("LINEWATCH_DETECTOR_PROCESSES", "false")
+    assert load_settings(None).line_options().detector_processes is False

@@ -65,11 +65,11 @@ Run = tuple[LineSummary, SqliteRecordStore, TieredBlobStore]
 
 @pytest.fixture(scope="module")
 def finished_run(inspector: Inspector, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    """The line as `linewatch run` and the demo open its stores: frames as files, heat maps in
-    the blob store's small-blob database."""
+    """The line as `linewatch run` and the demo run it: frames as files, heat maps in the blob
+    store's small-blob database, detectors in worker processes."""
     root = tmp_path_factory.mktemp("line")
     records, blobs = SqliteRecordStore(root / "records.db"), TieredBlobStore.at(root / "blobs")
-    _, summary = run_line(inspector, records, blobs)
+    _, summary = run_line(inspector, records, blobs, detector_processes=True)
     yield summary, records, blobs
     records.close()
     blobs.close()

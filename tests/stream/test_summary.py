@@ -18,6 +18,11 @@ def test_summary_lines_give_frames_ng_rate_dead_letters_throughput_and_latency()
     ]
 
 
+def test_the_throughput_line_says_how_long_detector_processes_took_to_start() -> None:
+    summary = LineSummary(inspected=10, wall_s=2.0, startup_s=3.14)
+    assert summary.lines()[3] == "throughput    5.0 frames/s over 2.0 s (after 3.1 s starting the detectors)"
+
+
 def test_an_empty_run_reads_as_zeros_and_says_why_it_stopped() -> None:
     summary = LineSummary(stopped_by="blob store full: No space left on device")
     lines = summary.lines()

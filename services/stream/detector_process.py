@@ -1,0 +1,204 @@
+"""A detector in a worker process of its own, so that the line's Python does not stall inference.
+
+Python runs one thread at a time (the GIL). A detector thread gives the GIL up for every torch
+operation and has to win it back after each, so every stretch of the line's own Python (claim
+checks, records, the event loop) holds a detector thread up, and a core sits idle meanwhile. A
+detector in its own process has its own GIL: its only Python is its own. Measured on 2 cores
+(benchmarks/line_throughput.py and the README): 2.5 ms per frame of pure-Python work beside two
+detector threads cost them 21% of their throughput, the same CPU time spent in C code 12%.
+
+The worker holds its own copy of the inspectors (pickled to it when it starts). It takes a batch of
+decoded frames, scores it, outlines the defects (``detect_batch``) and encodes each frame's heat map,
+and sends back the predictions without their frame-sized anomaly maps: the heat map stands in for
+them (a few KB a frame instead of a float per pixel). A batch that fails comes back as an error; a
+worker that dies (killed, out of memory) fails its batch and is started again for the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any, Final
+
+import numpy as np
+
+from services.stream.steps import Detected, detect_batch, with_heatmaps
+from services.vision.inspector import Inspector
+
+log = logging.getLogger(__name__)
+
+READY: Final = "ready"
+STOPPED: Final = "stopped"
+START_TIMEOUT_S: Final = 300.0  # importing torch and unpickling large models takes a while on a busy machine
+STOP_TIMEOUT_S: Final = 10.0
+
+
+class DetectorProcessError(RuntimeError):
+    """A worker could not start, or died while scoring a batch."""
+
+
+class BatchFailed(RuntimeError):
+    """The worker could not score a batch; it goes on with the next one."""
+
+
+def warm_up(inspector: Inspector, batch: int) -> None:
+    """Score a blank batch twice: a fresh process's first batch of a size sets up its kernels and
+    buffers, which would otherwise land on the line's first frames (and its latency)."""
+    size = inspector.card.image_size
+    images = [np.zeros((size, size, 3), np.uint8)] * batch
+    for _ in range(2):
+        with_heatmaps(inspector, images, detect_batch(inspector, images))
+
+
+def _serve(
+    conn: Connection, inspectors: Mapping[str, Inspector], torch_threads: int, warm_batch: int
+) -> None:
+    """The worker's loop: (recipe, images) in, ("ok", Detected) or ("error", reason) out; None stops."""
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the line's to handle: it drains, then stops us
+    torch.set_num_threads(torch_threads)
+    for inspector in inspectors.values():
+        warm_up(inspector, warm_batch)
+    conn.send((READY, time.process_time()))
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:  # the line's process is gone
+            return
+        if job is None:
+            conn.send((STOPPED, time.process_time()))
+            return
+        recipe, images = job
+        try:
+            inspector = inspectors[recipe]
+            reply: tuple[str, Any] = ("ok", with_heatmaps(inspector, images, detect_batch(inspector, images)))
+        except Exception as err:  # a worker never dies on one batch
+            reply = ("error", f"{type(err).__name__}: {err}")
+        conn.send(reply)
+
+
+class DetectorProcess:
+    """One worker process and the pipe to it. Not thread-safe: one caller (a detector thread) at a time."""
+
+    def __init__(
+        self, inspectors: Mapping[str, Inspector], torch_threads: int, name: str, warm_batch: int = 1
+    ) -> None:
+        self.inspectors, self.torch_threads, self.name = dict(inspectors), torch_threads, name
+        self.warm_batch = warm_batch  # the batch size the worker warms up with (the line's largest)
+        # spawned, not forked: forking a process whose torch threads are running is unsafe
+        self._context = multiprocessing.get_context("spawn")
+        self._process: BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._stop_sent = False
+        self.restarts = 0
+        # CPU seconds the worker took to start (imports, models, warm-up) and then used scoring,
+        # over all its starts; the second is known once it has stopped (see close)
+        self.startup_cpu_s = self.run_cpu_s = self._ready_cpu_s = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        """Start the worker and wait until it has loaded the inspectors; raises DetectorProcessError."""
+        ours, theirs = self._context.Pipe()
+        process = self._context.Process(
+            target=_serve,
+            args=(theirs, self.inspectors, self.torch_threads, self.warm_batch),
+            name=self.name,
+            daemon=True,
+        )
+        process.start()
+        theirs.close()  # the worker holds its end: when it dies, reading ours ends instead of waiting forever
+        self._process, self._conn, self._stop_sent = process, ours, False
+        try:
+            message = ours.recv() if ours.poll(START_TIMEOUT_S) else None
+        except (EOFError, OSError) as err:
+            exit_code = self._reap()
+            raise DetectorProcessError(
+                f"detector process {self.name} exited while starting (exit code {exit_code})"
+            ) from err
+        if not (isinstance(message, tuple) and message[0] == READY):
+            self.close()
+            raise DetectorProcessError(
+                f"detector process {self.name} did not start in {START_TIMEOUT_S:.0f} s"
+            )
+        self.startup_cpu_s += message[1]
+        self._ready_cpu_s = message[1]
+
+    def detect(self, recipe: str, images: Sequence[np.ndarray]) -> Detected:
+        """Score one recipe's batch in the worker: predictions (without full-size maps) and heat maps.
+
+        Raises BatchFailed when the worker could not score it, DetectorProcessError when the worker
+        died (it is started again for the next batch)."""
+        if self._conn is None:
+            self.start()
+        assert self._conn is not None
+        try:
+            self._conn.send((recipe, list(images)))
+            status, payload = self._conn.recv()
+        except (EOFError, OSError) as err:  # the worker died under this batch
+            exit_code = self._reap()
+            self.restarts += 1
+            log.error("detector process %s died (exit code %s); starting it again", self.name, exit_code)
+            raise DetectorProcessError(
+                f"detector process {self.name} died while scoring the batch (exit code {exit_code})"
+            ) from err
+        if status != "ok":
+            raise BatchFailed(str(payload))
+        detected: Detected = payload
+        return detected
+
+    def _reap(self) -> int | None:
+        """Forget a dead worker; its exit code."""
+        process, conn = self._process, self._conn
+        self._process = self._conn = None
+        if conn is not None:
+            conn.close()
+        if process is None:
+            return None
+        process.join(STOP_TIMEOUT_S)
+        if process.is_alive():
+            process.kill()
+            process.join(STOP_TIMEOUT_S)
+        return process.exitcode
+
+    def ask_to_stop(self) -> None:
+        """Tell the worker to exit once it has sent back the batch it is on; :meth:`close` waits for it."""
+        if self._conn is not None and not self._stop_sent:
+            self._stop_sent = True
+            with contextlib.suppress(OSError):  # already gone
+                self._conn.send(None)
+
+    def _count_run_cpu(self) -> None:
+        """Add what the worker says it used after starting (it answers the stop with its CPU time)."""
+        conn = self._conn
+        if conn is None:
+            return
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        try:
+            while (left := deadline - time.monotonic()) > 0 and conn.poll(left):
+                message = conn.recv()  # (a batch's answer nobody waited for is passed over)
+                if isinstance(message, tuple) and message[0] == STOPPED:
+                    self.run_cpu_s += message[1] - self._ready_cpu_s
+                    return
+        except (EOFError, OSError):  # it died instead: its CPU time is lost to the count
+            return
+
+    def close(self) -> None:
+        """Ask the worker to stop, wait for it, and kill it when it does not exit within a few seconds."""
+        self.ask_to_stop()
+        self._count_run_cpu()
+        process = self._process
+        if process is not None:
+            process.join(STOP_TIMEOUT_S)
+            if process.is_alive():
+                log.warning("detector process %s did not stop; killing it", self.name)
+        self._reap()

@@ -1,0 +1,150 @@
+"""Detectors in worker processes: the same results as in this process, and faults that cost one batch.
+
+Real spawned processes with the real detector trained on the synthetic line; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from services.ingest.simulator_source import SimulatorSource
+from services.ingest.synthetic import SyntheticLine
+from services.ingest.synthetic_source import SyntheticSource
+from services.storage.sqlite_record_store import SqliteRecordStore
+from services.storage.tiered_blob_store import TieredBlobStore
+from services.stream.detector_process import BatchFailed, DetectorProcess, DetectorProcessError
+from services.stream.runtime import Line, LineOptions
+from services.stream.steps import detect_batch
+from services.vision.inspector import Inspector
+from services.vision.overlay import encode_heatmap
+
+pytestmark = pytest.mark.integration
+
+RECIPE = "housing-A"
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[np.ndarray]:
+    return [part.image for part in SyntheticLine(seed=4).parts(6)]  # parts 1 and 5 are defective
+
+
+@pytest.fixture(scope="module")
+def worker(inspector: Inspector) -> Iterator[DetectorProcess]:
+    process = DetectorProcess({RECIPE: inspector}, torch_threads=1, name="test-detector", warm_batch=2)
+    process.start()
+    yield process
+    process.close()
+
+
+def test_a_worker_scores_as_this_process_does(
+    worker: DetectorProcess, inspector: Inspector, frames: list[np.ndarray]
+) -> None:
+    remote = worker.detect(RECIPE, frames)
+    local = detect_batch(inspector, frames)
+    assert worker.pid is not None and worker.pid != os.getpid()
+    assert [p.verdict for p in remote.predictions] == [p.verdict for p in local.predictions]
+    assert "NG" in [p.verdict for p in remote.predictions]  # (the batch holds defective parts)
+    for theirs, ours in zip(remote.predictions, local.predictions, strict=True):
+        assert theirs.score == pytest.approx(ours.score, abs=1e-5)
+        assert [d.bbox for d in theirs.defects] == [d.bbox for d in ours.defects]
+        np.testing.assert_allclose(theirs.embedding, ours.embedding, atol=1e-5)
+        assert theirs.anomaly_map.size == 0  # the frame-sized map stays in the worker
+    assert remote.heatmaps is not None and len(remote.heatmaps) == len(frames)
+    for encoded, ours, image in zip(remote.heatmaps, local.predictions, frames, strict=True):
+        data, width, height = encode_heatmap(ours.anomaly_map, image.shape[:2], inspector.card.roi)
+        assert (encoded.width, encoded.height) == (width, height)
+        theirs_levels = cv2.imdecode(np.frombuffer(encoded.data, np.uint8), cv2.IMREAD_UNCHANGED)
+        ours_levels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        # the same heat map, up to rounding (one torch thread there, the test's threads here)
+        assert np.abs(theirs_levels.astype(int) - ours_levels.astype(int)).max() <= 1
+    assert set(remote.timings_ms) == {"preprocess", "infer"}
+
+
+def test_a_batch_the_worker_cannot_score_fails_alone(
+    worker: DetectorProcess, frames: list[np.ndarray]
+) -> None:
+    pid = worker.pid
+    with pytest.raises(BatchFailed, match="KeyError"):
+        worker.detect("no-such-recipe", frames[:1])
+    with pytest.raises(BatchFailed):
+        worker.detect(RECIPE, [np.zeros((4, 4), np.float64)])  # not an RGB frame
+    assert len(worker.detect(RECIPE, frames[:2]).predictions) == 2
+    assert worker.pid == pid  # the same worker went on
+
+
+def test_a_killed_worker_fails_its_batch_and_is_started_again(
+    inspector: Inspector, frames: list[np.ndarray]
+) -> None:
+    process = DetectorProcess({RECIPE: inspector}, torch_threads=1, name="test-killed")
+    process.start()
+    try:
+        first = process.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(DetectorProcessError, match=r"died while scoring the batch \(exit code -9\)"):
+            process.detect(RECIPE, frames[:2])
+        assert len(process.detect(RECIPE, frames[:2]).predictions) == 2  # started again
+        assert process.pid not in (None, first) and process.restarts == 1
+    finally:
+        process.close()
+    assert process.pid is None
+
+
+def test_a_worker_that_cannot_start_says_so(inspector: Inspector) -> None:
+    process = DetectorProcess({RECIPE: inspector}, torch_threads=0, name="test-broken")  # torch refuses 0
+    with pytest.raises(DetectorProcessError, match="exited while starting"):
+        process.start()
+    assert process.pid is None
+
+
+def test_the_line_with_detector_processes_loses_one_batch_to_a_killed_worker(
+    inspector: Inspector, tmp_path: Path
+) -> None:
+    """A worker killed mid-run: the batch it held is dead-lettered, every other frame is stored."""
+    parts = 40
+    records, blobs = SqliteRecordStore(tmp_path / "records.db"), TieredBlobStore.at(tmp_path / "blobs")
+    machine = SyntheticLine(seed=4)
+    line = Line(
+        [SyntheticSource(seed=4, parts=parts)],
+        [SimulatorSource(machine.process, machine.line_id, machine.machine_id)],
+        {RECIPE: inspector},
+        records,
+        blobs,
+        LineOptions(detector_processes=True, detectors=2, detector_threads=1, max_batch=4),
+    )
+    killed: list[int] = []
+
+    def kill_a_worker() -> None:
+        deadline = time.monotonic() + 120
+        while line.summary.inspected < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pid = line.detector_processes[0].pid
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    killer = threading.Thread(target=kill_a_worker)
+    killer.start()
+    try:
+        summary = asyncio.run(line.run())
+    finally:
+        killer.join()
+        records.close()
+        blobs.close()
+    assert killed, "the line ended before a worker could be killed"
+    assert summary.frames_in == parts
+    assert summary.inspected + summary.frame_dead_letters == parts  # nothing lost
+    assert set(summary.dead_letters) <= {"inspect_error"} and summary.frame_dead_letters <= 4
+    assert summary.inspected >= parts - 4
+    assert line.detector_processes[0].restarts == (1 if summary.frame_dead_letters else 0)
+    assert summary.startup_s > 0 and all(w.pid is None for w in line.detector_processes)  # all stopped
