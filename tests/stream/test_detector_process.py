@@ -65,6 +65,7 @@ def test_a_worker_scores_as_this_process_does(
         assert (encoded.width, encoded.height) == (width, height)
         theirs_levels = cv2.imdecode(np.frombuffer(encoded.data, np.uint8), cv2.IMREAD_UNCHANGED)
         ours_levels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert theirs_levels is not None and ours_levels is not None
         # the same heat map, up to rounding (one torch thread there, the test's threads here)
         assert np.abs(theirs_levels.astype(int) - ours_levels.astype(int)).max() <= 1
     assert set(remote.timings_ms) == {"preprocess", "infer"}
