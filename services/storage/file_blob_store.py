@@ -22,9 +22,10 @@ _ENCODINGS: tuple[str, ...] = get_args(BlobEncoding)
 _BLOB_NAME = re.compile(r"[0-9a-f]{64}\.[a-z]+")
 
 
-def _write(path: Path, data: bytes, durable: bool) -> None:
-    """Write ``data`` to ``path``; fsync it when ``durable`` (else :meth:`FileBlobStore.sync` will)."""
-    with open(path, "wb") as file:
+def _write(fd: int, data: bytes, durable: bool) -> None:
+    """Write ``data`` to the open file ``fd`` and close it; fsync it first when ``durable`` (else
+    :meth:`FileBlobStore.sync` will)."""
+    with open(fd, "wb", closefd=True) as file:
         file.write(data)
         if durable:
             file.flush()
@@ -145,9 +146,8 @@ class FileBlobStore:
         tmp: Path | None = None
         try:
             fd, tmp_name = self._temporary_file(path)
-            os.close(fd)
             tmp = Path(tmp_name)
-            _write(tmp, data, durable=not self.group_commit)
+            _write(fd, data, durable=not self.group_commit)
             os.replace(tmp, path)
             tmp = None
             if self.group_commit:

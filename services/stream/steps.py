@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import get_args
+from typing import Final, get_args
 
 import numpy as np
 import torch
@@ -45,8 +45,25 @@ def encode_frame(image: np.ndarray) -> bytes:
     return encode_png(image)
 
 
+PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG's IHDR chunk (always the first), or None when it is not one."""
+    if len(data) < 24 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return (width, height) if width > 0 and height > 0 else None
+
+
 def probe_image(data: bytes) -> tuple[BlobEncoding, int, int] | str:
-    """The encoding, width and height from an image's header (nothing decoded), or why not."""
+    """The encoding, width and height from an image's header (nothing decoded), or why not.
+
+    PNG, the line's usual frame, is read directly (16 bytes); the rest through Pillow (about 0.1 ms,
+    the same again for a PNG whose header it would refuse)."""
+    size = png_size(data)
+    if size is not None:
+        return "png", *size
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

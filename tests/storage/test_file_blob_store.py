@@ -99,8 +99,9 @@ def test_full_disk_raises_blob_store_full_and_leaves_no_file(
 ) -> None:
     store = FileBlobStore(tmp_path / "blobs", group_commit)
 
-    def write_half_then_fail(path: Path, data: bytes, durable: bool) -> None:
-        path.write_bytes(data[: len(data) // 2])
+    def write_half_then_fail(fd: int, data: bytes, durable: bool) -> None:
+        os.write(fd, data[: len(data) // 2])
+        os.close(fd)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(file_blob_store, "_write", write_half_then_fail)
@@ -114,7 +115,8 @@ def test_full_disk_raises_blob_store_full_and_leaves_no_file(
 def test_other_write_errors_pass_through_and_leave_no_file(
     store: FileBlobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def fail(path: Path, data: bytes, durable: bool) -> None:
+    def fail(fd: int, data: bytes, durable: bool) -> None:
+        os.close(fd)
         raise PermissionError(errno.EACCES, "denied")
 
     monkeypatch.setattr(file_blob_store, "_write", fail)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
 
+import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from schemas.blob import BlobRef
 from schemas.dead_letter import DeadLetter
 from schemas.frame import Frame
 from services.ingest.frame_ids import replay_frame_id
 from services.stream.rejects import reason_code, reject
-from services.stream.steps import decode, encode_frame, probe_image, to_defect
+from services.stream.steps import decode, encode_frame, png_size, probe_image, to_defect
 from services.vision.defects import DefectRegion
 
 T0 = datetime(2025, 3, 4, 8, 0, 0, tzinfo=UTC)
@@ -60,6 +63,19 @@ def test_decode_refuses_a_frame_above_the_pixel_limit_as_oversized() -> None:
 
 def test_probe_reads_format_and_size_from_the_header() -> None:
     assert probe_image(encode_frame(image(48, 64))) == ("png", 64, 48)
+    ok, jpeg = cv2.imencode(".jpg", image(30, 50))
+    assert ok and probe_image(jpeg.tobytes()) == ("jpeg", 50, 30)
+
+
+def test_the_png_fast_path_reads_what_pillow_reads() -> None:
+    data = encode_frame(image(37, 91))
+    assert png_size(data) == (91, 37)
+    with Image.open(io.BytesIO(data)) as pillow:
+        assert pillow.size == (91, 37)
+    assert png_size(data[:20]) is None  # cut off in the header: Pillow gets to say why
+    assert png_size(data[:12] + b"IDAT" + data[16:]) is None  # no IHDR first: not a PNG it can trust
+    zero_width = data[:16] + (0).to_bytes(4, "big") + data[20:]
+    assert png_size(zero_width) is None and isinstance(probe_image(zero_width), str)
 
 
 @pytest.mark.parametrize("data", [b"", b"\x89PNG\r\n\x1a\n garbage", b"GIF89a" + b"\0" * 20])
