@@ -51,6 +51,7 @@ def _print_summary(lines: list[str]) -> None:
 
 def run_demo_command(args: argparse.Namespace) -> int:
     from services.stream.demo import DemoOptions, run_demo
+    from services.stream.detector_process import DetectorProcessError
     from services.stream.serving import ApiServerError
 
     if args.parts is not None and args.parts < 1:
@@ -72,6 +73,9 @@ def run_demo_command(args: argparse.Namespace) -> int:
     except ApiServerError as err:  # e.g. the port is taken
         print(f"linewatch demo: error: {err}", file=sys.stderr)
         return 2
+    except DetectorProcessError as err:
+        print(f"linewatch demo: error: {err}", file=sys.stderr)
+        return 1
     _print_summary(summary.lines())
     return 0 if summary.stopped_by in (None, "interrupted") else 1
 
@@ -82,6 +86,7 @@ def run_line_command(args: argparse.Namespace) -> int:
     from services.config import load_settings
     from services.ingest.urls import open_frame_source, open_process_source
     from services.storage.stores import open_blob_store, open_record_store
+    from services.stream.detector_process import DetectorProcessError
     from services.stream.runtime import Line
     from services.stream.serving import ApiServer, ApiServerError, run_line
     from services.vision.inspector import Inspector
@@ -110,6 +115,11 @@ def run_line_command(args: argparse.Namespace) -> int:
     except ApiServerError as err:  # refused settings (no API keys), a port in use
         print(f"linewatch run: error: {err}", file=sys.stderr)
         return 2
+    except DetectorProcessError as err:  # a detector process could not start
+        print(
+            f"linewatch run: error: {err} (detector_processes: false runs them as threads)", file=sys.stderr
+        )
+        return 1
     finally:
         records.close()
         blobs.close()

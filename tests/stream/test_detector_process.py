@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
+from services.cli import main
 from services.ingest.simulator_source import SimulatorSource
 from services.ingest.synthetic import SyntheticLine
 from services.ingest.synthetic_source import SyntheticSource
@@ -27,6 +28,7 @@ from services.stream.runtime import Line, LineOptions
 from services.stream.steps import detect_batch
 from services.vision.inspector import Inspector
 from services.vision.overlay import encode_heatmap
+from tests.stream.test_restart import write_config
 
 pytestmark = pytest.mark.integration
 
@@ -149,3 +151,19 @@ def test_the_line_with_detector_processes_loses_one_batch_to_a_killed_worker(
     assert summary.inspected >= parts - 4
     assert line.detector_processes[0].restarts == (1 if summary.frame_dead_letters else 0)
     assert summary.startup_s > 0 and all(w.pid is None for w in line.detector_processes)  # all stopped
+
+
+def test_linewatch_run_says_when_a_detector_process_cannot_start(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The failure is stood in for (a worker that cannot start is hard to make on purpose from a
+    config file); the command's handling of it is real."""
+
+    def refuse(self: DetectorProcess) -> None:
+        raise DetectorProcessError(f"detector process {self.name} exited while starting (exit code 1)")
+
+    monkeypatch.setattr(DetectorProcess, "start", refuse)
+    assert main(["run", "--config", str(write_config(tmp_path, model_dir))]) == 1
+    error = capsys.readouterr().err
+    assert "linewatch run: error: detector process linewatch-detector-0 exited while starting" in error
+    assert "detector_processes: false" in error
