@@ -48,12 +48,12 @@ class BatchFailed(RuntimeError):
 
 
 def warm_up(inspector: Inspector, batch: int) -> None:
-    """Score a blank batch twice: a fresh process's first batch of a size sets up its kernels and
-    buffers, which would otherwise land on the line's first frames (and its latency)."""
+    """Score a blank batch once: a fresh process's first batch of a size sets up its kernels and
+    buffers (on the demo's model, batch 4, one thread: 142 ms, then 76-82 ms), which would otherwise
+    land on the line's first frames."""
     size = inspector.card.image_size
     images = [np.zeros((size, size, 3), np.uint8)] * batch
-    for _ in range(2):
-        with_heatmaps(inspector, images, detect_batch(inspector, images))
+    with_heatmaps(inspector, images, detect_batch(inspector, images))
 
 
 def _serve(
@@ -125,8 +125,9 @@ class DetectorProcess:
             raise DetectorProcessError(
                 f"detector process {self.name} exited while starting (exit code {exit_code})"
             ) from err
-        if not (isinstance(message, tuple) and message[0] == READY):
-            self.close()
+        if not (isinstance(message, tuple) and message[0] == READY):  # (poll timed out)
+            process.kill()
+            self._reap()
             raise DetectorProcessError(
                 f"detector process {self.name} did not start in {START_TIMEOUT_S:.0f} s"
             )
@@ -157,7 +158,7 @@ class DetectorProcess:
         return detected
 
     def _reap(self) -> int | None:
-        """Forget a dead worker; its exit code."""
+        """Wait for the worker to exit (killing it after STOP_TIMEOUT_S) and forget it; its exit code."""
         process, conn = self._process, self._conn
         self._process = self._conn = None
         if conn is not None:
@@ -166,6 +167,7 @@ class DetectorProcess:
             return None
         process.join(STOP_TIMEOUT_S)
         if process.is_alive():
+            log.warning("detector process %s did not exit; killing it", self.name)
             process.kill()
             process.join(STOP_TIMEOUT_S)
         return process.exitcode
@@ -196,9 +198,4 @@ class DetectorProcess:
         """Ask the worker to stop, wait for it, and kill it when it does not exit within a few seconds."""
         self.ask_to_stop()
         self._count_run_cpu()
-        process = self._process
-        if process is not None:
-            process.join(STOP_TIMEOUT_S)
-            if process.is_alive():
-                log.warning("detector process %s did not stop; killing it", self.name)
         self._reap()
