@@ -20,6 +20,7 @@ import contextlib
 import logging
 import multiprocessing
 import signal
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
@@ -37,6 +38,7 @@ READY: Final = "ready"
 STOPPED: Final = "stopped"
 START_TIMEOUT_S: Final = 300.0  # importing torch and unpickling large models takes a while on a busy machine
 STOP_TIMEOUT_S: Final = 10.0
+IN_FLIGHT: Final = 2  # batches a line keeps sent to each worker: one being scored, the next waiting
 
 
 class DetectorProcessError(RuntimeError):
@@ -85,7 +87,14 @@ def _serve(
 
 
 class DetectorProcess:
-    """One worker process and the pipe to it. Not thread-safe: one caller (a detector thread) at a time."""
+    """One worker process and the pipe to it.
+
+    Several threads may call :meth:`detect` at once (the line keeps ``IN_FLIGHT`` batches sent to each
+    worker): their batches queue in the pipe and their answers come back in the order they were sent.
+    The worker then starts on the next batch the moment it has sent one back, instead of sitting idle
+    until its caller has dealt with the answer and handed it the next (2.7% of its time when it was
+    given one batch at a time, measured on 2 cores).
+    """
 
     def __init__(
         self, inspectors: Mapping[str, Inspector], torch_threads: int, name: str, warm_batch: int = 1
@@ -97,6 +106,13 @@ class DetectorProcess:
         self._process: BaseProcess | None = None
         self._conn: Connection | None = None
         self._stop_sent = False
+        # Batches are sent one at a time under _send_lock (a worker is started under it too); answers
+        # are read under _turn, in the order of the batches. _life counts the worker's starts, so that
+        # a caller whose worker died learns it from the new one; _dead marks a worker seen to die.
+        self._send_lock = threading.Lock()
+        self._turn = threading.Condition()
+        self._life = self._sent = self._received = 0
+        self._dead = False
         self.restarts = 0
         # CPU seconds the worker took to start (imports, models, warm-up) and then used scoring,
         # over all its starts; the second is known once it has stopped (see close)
@@ -105,6 +121,12 @@ class DetectorProcess:
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
+
+    @property
+    def in_flight(self) -> int:
+        """Batches sent to the worker and not answered yet (read without waiting for the caller that
+        is reading an answer)."""
+        return 0 if self._dead else self._sent - self._received
 
     def start(self) -> None:
         """Start the worker and wait until it has loaded the inspectors; raises DetectorProcessError."""
@@ -117,7 +139,10 @@ class DetectorProcess:
         )
         process.start()
         theirs.close()  # the worker holds its end: when it dies, reading ours ends instead of waiting forever
-        self._process, self._conn, self._stop_sent = process, ours, False
+        with self._turn:
+            self._process, self._conn, self._stop_sent = process, ours, False
+            self._life, self._sent, self._received, self._dead = self._life + 1, 0, 0, False
+            self._turn.notify_all()  # callers still waiting on the last worker: it is gone
         try:
             message = ours.recv() if ours.poll(START_TIMEOUT_S) else None
         except (EOFError, OSError) as err:
@@ -138,24 +163,55 @@ class DetectorProcess:
         """Score one recipe's batch in the worker: predictions (without full-size maps) and heat maps.
 
         Raises BatchFailed when the worker could not score it, DetectorProcessError when the worker
-        died (it is started again for the next batch)."""
-        if self._conn is None:
-            self.start()
-        assert self._conn is not None
-        try:
-            self._conn.send((recipe, list(images)))
-            status, payload = self._conn.recv()
-        except (EOFError, OSError) as err:  # the worker died under this batch
-            exit_code = self._reap()
-            self.restarts += 1
-            log.error("detector process %s died (exit code %s); starting it again", self.name, exit_code)
-            raise DetectorProcessError(
-                f"detector process {self.name} died while scoring the batch (exit code {exit_code})"
-            ) from err
+        died with the batch sent to it (it is started again for the next batch)."""
+        with self._send_lock:
+            if self._conn is None or self._dead:
+                with self._turn:  # (no caller is still reading from the dead worker)
+                    self._reap()
+                self.start()
+            conn, life, ticket = self._conn, self._life, self._sent
+            assert conn is not None
+            self._sent += 1
+            try:
+                conn.send((recipe, list(images)))
+                broken: OSError | None = None
+            except OSError as err:  # (a broken pipe: the worker is gone)
+                broken = err
+        if broken is not None:
+            raise self._died(life) from broken
+        with self._turn:
+            self._turn.wait_for(lambda: self._life != life or self._dead or self._received == ticket)
+            if self._life != life:  # it died under an earlier batch, with this one sent, and was restarted
+                raise DetectorProcessError(f"detector process {self.name} died while scoring the batch")
+            if self._dead:  # the same, not restarted yet
+                raise self._died(life)
+            try:
+                status, payload = conn.recv()
+            except (EOFError, OSError) as err:  # the worker died under this batch
+                raise self._died(life) from err
+            self._received += 1
+            self._turn.notify_all()
         if status != "ok":
             raise BatchFailed(str(payload))
         detected: Detected = payload
         return detected
+
+    def _died(self, life: int) -> DetectorProcessError:
+        """Mark the worker of ``life`` dead (the next batch starts it again) and wake the callers
+        waiting on it; the error to raise."""
+        with self._turn:
+            process = self._process if self._life == life else None
+            if process is not None:
+                process.join(1.0)  # its end of the pipe is closed: it is exiting
+            exit_code = process.exitcode if process is not None else None
+            if self._life == life and not self._dead:
+                self._dead = True
+                self.restarts += 1
+                log.error("detector process %s died (exit code %s); starting it again", self.name, exit_code)
+                self._turn.notify_all()
+        return DetectorProcessError(
+            f"detector process {self.name} died while scoring the batch (exit code {exit_code})"
+        )
 
     def _reap(self) -> int | None:
         """Wait for the worker to exit (killing it after STOP_TIMEOUT_S) and forget it; its exit code."""
@@ -173,26 +229,36 @@ class DetectorProcess:
         return process.exitcode
 
     def ask_to_stop(self) -> None:
-        """Tell the worker to exit once it has sent back the batch it is on; :meth:`close` waits for it."""
-        if self._conn is not None and not self._stop_sent:
-            self._stop_sent = True
-            with contextlib.suppress(OSError):  # already gone
-                self._conn.send(None)
+        """Tell the worker to exit once it has sent back the batches sent to it; :meth:`close` waits.
+
+        When a caller cannot finish sending a batch within STOP_TIMEOUT_S (a hung worker), nothing is
+        sent: :meth:`close` then kills the worker."""
+        if not self._send_lock.acquire(timeout=STOP_TIMEOUT_S):
+            return
+        try:
+            if self._conn is not None and not self._stop_sent:
+                self._stop_sent = True
+                with contextlib.suppress(OSError):  # already gone
+                    self._conn.send(None)
+        finally:
+            self._send_lock.release()
 
     def _count_run_cpu(self) -> None:
         """Add what the worker says it used after starting (it answers the stop with its CPU time)."""
-        conn = self._conn
-        if conn is None:
-            return
         deadline = time.monotonic() + STOP_TIMEOUT_S
+        if not self._turn.acquire(timeout=STOP_TIMEOUT_S):  # a caller still waits for an answer
+            return
         try:
-            while (left := deadline - time.monotonic()) > 0 and conn.poll(left):
+            conn = self._conn
+            while conn is not None and (left := deadline - time.monotonic()) > 0 and conn.poll(left):
                 message = conn.recv()  # (a batch's answer nobody waited for is passed over)
                 if isinstance(message, tuple) and message[0] == STOPPED:
                     self.run_cpu_s += message[1] - self._ready_cpu_s
                     return
         except (EOFError, OSError):  # it died instead: its CPU time is lost to the count
             return
+        finally:
+            self._turn.release()
 
     def close(self) -> None:
         """Ask the worker to stop, wait for it, and kill it when it does not exit within a few seconds."""

@@ -37,7 +37,7 @@ from services.ingest.ports import CapturedFrame, FrameSource, ProcessSource
 from services.storage.errors import BlobStoreFull
 from services.storage.ports import BlobStore, RecordStore
 from services.stream.admission import admission_check, claim_check
-from services.stream.detector_process import DetectorProcess
+from services.stream.detector_process import IN_FLIGHT, DetectorProcess
 from services.stream.metrics import LineMetrics
 from services.stream.process_feed import ProcessFeed
 from services.stream.process_join import ProcessHistory, check_capture_time
@@ -168,7 +168,8 @@ class Line:
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._detectors: list[ThreadPoolExecutor] = []
-        self._workers: list[DetectorProcess] = []  # with detector_processes: one per detector thread
+        self._workers: list[DetectorProcess] = []  # with detector_processes: one per detector
+        self._slots = 1  # batches scored at once by each detector
 
     def stop(self, reason: str | None = None) -> None:
         """Stop reading the sources and drain; safe to call from any thread or a signal handler."""
@@ -209,10 +210,12 @@ class Line:
         # Each detector is one long-lived thread (one warm OpenMP team) that sets its own torch thread
         # count: OpenMP keeps the count per calling thread, so a fresh thread would not have the caller's.
         # With detector processes the thread only waits on its worker, which sets its own count.
+        # A worker process is kept IN_FLIGHT batches, each waited on by a thread of its own.
         caller_threads = torch.get_num_threads()
         detectors, threads = detector_plan(self.options, caller_threads)
+        self._slots = IN_FLIGHT if self.options.detector_processes else 1
         self._detectors = [
-            ThreadPoolExecutor(1, f"linewatch-detector-{i}", set_torch_threads, (threads,))
+            ThreadPoolExecutor(self._slots, f"linewatch-detector-{i}", set_torch_threads, (threads,))
             for i in range(detectors)
         ]
         if self.options.detector_processes:
@@ -359,7 +362,8 @@ class Line:
     ) -> None:
         async with asyncio.TaskGroup() as detectors:
             for index in range(len(self._detectors)):
-                detectors.create_task(self._detect_with(index, inbox, out))
+                for _ in range(self._slots):
+                    detectors.create_task(self._detect_with(index, inbox, out))
         inbox.get_nowait()  # the end, put back by the last detector to see it
         await out.put(END)
 

@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -23,7 +24,12 @@ from services.ingest.synthetic import SyntheticLine
 from services.ingest.synthetic_source import SyntheticSource
 from services.storage.sqlite_record_store import SqliteRecordStore
 from services.storage.tiered_blob_store import TieredBlobStore
-from services.stream.detector_process import BatchFailed, DetectorProcess, DetectorProcessError
+from services.stream.detector_process import (
+    IN_FLIGHT,
+    BatchFailed,
+    DetectorProcess,
+    DetectorProcessError,
+)
 from services.stream.runtime import Line, LineOptions
 from services.stream.steps import detect_batch
 from services.vision.inspector import Inspector
@@ -73,6 +79,44 @@ def test_a_worker_scores_as_this_process_does(
     assert set(remote.timings_ms) == {"preprocess", "infer"}
 
 
+def test_batches_sent_at_once_come_back_to_their_own_callers(
+    worker: DetectorProcess, inspector: Inspector, frames: list[np.ndarray]
+) -> None:
+    """Threads send batches of different sizes at once; each gets its own batch's predictions."""
+    batches = [frames[:1], frames[1:3], frames[3:6], frames[:2], frames[2:5]]
+    with ThreadPoolExecutor(len(batches)) as threads:
+        answers = list(threads.map(lambda batch: worker.detect(RECIPE, batch), batches))
+    for batch, answer in zip(batches, answers, strict=True):
+        expected = detect_batch(inspector, batch).predictions
+        assert [p.score for p in answer.predictions] == pytest.approx([p.score for p in expected], abs=1e-5)
+    assert worker.in_flight == 0
+
+
+def test_a_worker_killed_with_two_batches_sent_fails_both_and_starts_once(
+    inspector: Inspector, frames: list[np.ndarray]
+) -> None:
+    process = DetectorProcess({RECIPE: inspector}, torch_threads=1, name="test-killed-two")
+    process.start()
+    try:
+        first = process.pid
+        assert first is not None
+        with ThreadPoolExecutor(2) as threads:
+            sent = [threads.submit(process.detect, RECIPE, frames * 4) for _ in range(2)]
+            deadline = time.monotonic() + 30
+            while process.in_flight < 2 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert process.in_flight == 2  # (the first batch of 24 frames takes the worker ~0.5 s)
+            os.kill(first, signal.SIGKILL)
+            for future in sent:
+                with pytest.raises(DetectorProcessError, match="died while scoring the batch"):
+                    future.result()
+        assert process.restarts == 1
+        assert len(process.detect(RECIPE, frames[:2]).predictions) == 2  # started again, once
+        assert process.pid not in (None, first) and process.restarts == 1
+    finally:
+        process.close()
+
+
 def test_a_batch_the_worker_cannot_score_fails_alone(
     worker: DetectorProcess, frames: list[np.ndarray]
 ) -> None:
@@ -110,10 +154,11 @@ def test_a_worker_that_cannot_start_says_so(inspector: Inspector) -> None:
     assert process.pid is None
 
 
-def test_the_line_with_detector_processes_loses_one_batch_to_a_killed_worker(
+def test_the_line_with_detector_processes_loses_only_the_batches_a_killed_worker_held(
     inspector: Inspector, tmp_path: Path
 ) -> None:
-    """A worker killed mid-run: the batch it held is dead-lettered, every other frame is stored."""
+    """A worker killed mid-run: the batches sent to it (IN_FLIGHT at most) are dead-lettered, every
+    other frame is stored."""
     parts = 40
     records, blobs = SqliteRecordStore(tmp_path / "records.db"), TieredBlobStore.at(tmp_path / "blobs")
     machine = SyntheticLine(seed=4)
@@ -147,8 +192,9 @@ def test_the_line_with_detector_processes_loses_one_batch_to_a_killed_worker(
     assert killed, "the line ended before a worker could be killed"
     assert summary.frames_in == parts
     assert summary.inspected + summary.frame_dead_letters == parts  # nothing lost
-    assert set(summary.dead_letters) <= {"inspect_error"} and summary.frame_dead_letters <= 4
-    assert summary.inspected >= parts - 4
+    held = IN_FLIGHT * 4  # batches of 4
+    assert set(summary.dead_letters) <= {"inspect_error"} and summary.frame_dead_letters <= held
+    assert summary.inspected >= parts - held
     assert line.detector_processes[0].restarts == (1 if summary.frame_dead_letters else 0)
     assert summary.startup_s > 0 and all(w.pid is None for w in line.detector_processes)  # all stopped
 
