@@ -1,5 +1,6 @@
 """The storage ports: what the rest of linewatch needs from a blob store and a record store."""
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from schemas.alert import Alert
@@ -33,6 +34,10 @@ class RecordStore(Protocol):
     """Inspections, dead letters and alerts. Writes are idempotent where the record has a key."""
 
     def upsert_inspection(self, inspection: Inspection) -> None: ...
+
+    def upsert_inspections(self, inspections: Sequence[Inspection]) -> None:
+        """Several at once, all or none."""
+        ...
 
     def get_inspection(self, frame_id: str) -> Inspection | None: ...
 

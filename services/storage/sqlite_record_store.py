@@ -2,7 +2,7 @@
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -52,30 +52,20 @@ class SqliteRecordStore:
             self._db.close()
 
     def upsert_inspection(self, inspection: Inspection) -> None:
-        frame_id = inspection.frame_id
-        row = (
-            frame_id,
-            sql.to_us(inspection.captured_at),
-            inspection.line_id,
-            inspection.camera_id,
-            inspection.recipe,
-            inspection.verdict,
-            inspection.model_dump_json(),
-        )
-        locations = sorted({defect.location for defect in inspection.defects})
-        params = sorted(inspection.process.params.items())
+        self.upsert_inspections([inspection])
+
+    def upsert_inspections(self, inspections: Sequence[Inspection]) -> None:
+        """Store several records in one transaction: all of them or, on an error, none. (The line
+        stores each group of records this way: one commit instead of one per record.)"""
+        rows = [_rows(inspection) for inspection in inspections]  # (serialised before taking the lock)
         with self._transaction() as db:
-            db.execute(sql.UPSERT_INSPECTION, row)
-            db.execute("DELETE FROM defect_locations WHERE frame_id = ?", (frame_id,))
-            db.executemany(
-                "INSERT INTO defect_locations (frame_id, location) VALUES (?, ?)",
-                [(frame_id, location) for location in locations],
-            )
-            db.execute("DELETE FROM process_params WHERE frame_id = ?", (frame_id,))
-            db.executemany(
-                "INSERT INTO process_params (frame_id, name, value) VALUES (?, ?, ?)",
-                [(frame_id, name, value) for name, value in params],
-            )
+            for row, locations, params in rows:
+                frame_id = row[0]
+                db.execute(sql.UPSERT_INSPECTION, row)
+                db.execute("DELETE FROM defect_locations WHERE frame_id = ?", (frame_id,))
+                db.executemany("INSERT INTO defect_locations (frame_id, location) VALUES (?, ?)", locations)
+                db.execute("DELETE FROM process_params WHERE frame_id = ?", (frame_id,))
+                db.executemany("INSERT INTO process_params (frame_id, name, value) VALUES (?, ?, ?)", params)
 
     def get_inspection(self, frame_id: str) -> Inspection | None:
         rows = self._read("SELECT record FROM inspections WHERE frame_id = ?", [frame_id.lower()])
@@ -190,3 +180,24 @@ def _check(limit: int) -> int:
     if limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     return limit
+
+
+_Rows = tuple[tuple[Any, ...], list[tuple[str, str]], list[tuple[str, str, float]]]
+
+
+def _rows(inspection: Inspection) -> _Rows:
+    """An inspection's row, its defect locations' rows and its process parameters' rows."""
+    frame_id = inspection.frame_id
+    row = (
+        frame_id,
+        sql.to_us(inspection.captured_at),
+        inspection.line_id,
+        inspection.camera_id,
+        inspection.recipe,
+        inspection.verdict,
+        inspection.model_dump_json(),
+    )
+    places = sorted({defect.location for defect in inspection.defects})
+    locations: list[tuple[str, str]] = [(frame_id, location) for location in places]
+    params = [(frame_id, name, value) for name, value in sorted(inspection.process.params.items())]
+    return row, locations, params

@@ -486,11 +486,13 @@ class Line:
         return group, False
 
     def _store_group(self, group: list[tuple[InFlight, Inspection]]) -> list[tuple[Exception | None, float]]:
-        """Make the blobs durable, upsert each record (in a worker thread), then drop its frame blob
+        """Make the blobs durable, upsert the records (in a worker thread), then drop their frame blobs
         when frames are not kept.
 
-        Returns, for each record, the error that kept it from being stored (None when stored) and the
-        milliseconds it took. A record that failed keeps its frame: the dead letter points at it.
+        The records go in one transaction; when that fails they are tried one by one, so that only
+        the ones that cannot be stored fail. Returns, for each record, the error that kept it from
+        being stored (None when stored) and the milliseconds it took. A record that failed keeps its
+        frame: the dead letter points at it.
         """
         start = time.perf_counter()
         try:
@@ -498,16 +500,23 @@ class Line:
         except Exception as err:  # the disk refused: no record may point at blobs that are not durable
             return [(err, elapsed_ms(start))] * len(group)
         results: list[tuple[Exception | None, float]] = []
-        for item, inspection in group:
-            start = time.perf_counter()
-            try:
-                self.records.upsert_inspection(inspection)
-            except Exception as err:  # e.g. the disk under the record store is full: nothing was written
-                results.append((err, elapsed_ms(start)))
-                continue
-            if not self.options.keep_frames:
-                self._delete_frame(item.frame)
-            results.append((None, elapsed_ms(start)))
+        start = time.perf_counter()
+        try:
+            self.records.upsert_inspections([inspection for _, inspection in group])
+            results = [(None, elapsed_ms(start) / len(group))] * len(group)
+        except Exception:  # find the records that cannot be stored
+            log.warning("storing %d records together failed; storing them one by one", len(group))
+            for _, inspection in group:
+                start = time.perf_counter()
+                try:
+                    self.records.upsert_inspection(inspection)
+                    results.append((None, elapsed_ms(start)))
+                except Exception as err:  # e.g. the disk under the record store is full: nothing written
+                    results.append((err, elapsed_ms(start)))
+        if not self.options.keep_frames:
+            for (item, _), (error, _) in zip(group, results, strict=True):
+                if error is None:
+                    self._delete_frame(item.frame)
         return results
 
     def _delete_frame(self, frame: Frame) -> None:

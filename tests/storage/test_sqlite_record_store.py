@@ -85,6 +85,28 @@ def test_a_failed_upsert_leaves_no_half_written_record(store: SqliteRecordStore,
     assert store.count_inspections() == 1
 
 
+def test_records_upserted_together_are_stored_all_or_none(store: SqliteRecordStore, db_path: Path) -> None:
+    group = [
+        make_inspection(verdict="NG", locations=("center",), params={"t": 1.0}),
+        make_inspection(params={"t": 2.0}),
+        make_inspection(locations=("top_left",)),
+    ]
+    store.upsert_inspections(group)
+    store.upsert_inspections(group)  # idempotent, like one at a time
+    assert store.count_inspections() == 3 and _count_rows(db_path, "defect_locations") == 2
+    assert store.query_inspections(InspectionQuery(params={"t": (1.5, None)})) == [group[1]]
+    with sqlite3.connect(db_path) as db:
+        db.execute(
+            "CREATE TRIGGER refuse_boom BEFORE INSERT ON process_params WHEN NEW.name = 'boom' "
+            "BEGIN SELECT RAISE(ABORT, 'boom refused'); END"
+        )
+    bad_group = [make_inspection(locations=("center",)), make_inspection(params={"boom": 1.0})]
+    with pytest.raises(sqlite3.IntegrityError, match="boom refused"):
+        store.upsert_inspections(bad_group)
+    assert [store.get_inspection(i.frame_id) for i in bad_group] == [None, None]  # not even the first
+    assert store.count_inspections() == 3 and _count_rows(db_path, "defect_locations") == 2
+
+
 def test_unknown_frame_id_reads_as_none(store: SqliteRecordStore) -> None:
     assert store.get_inspection(new_uuid7()) is None
 

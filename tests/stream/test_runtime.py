@@ -236,21 +236,24 @@ def test_the_detectors_run_at_most_one_batch_ahead_of_finishing(
 
 
 class FlakyRecords(SqliteRecordStore):
-    """Fails to store ``bad``; holds the first upsert until ``release`` so that records pile up."""
+    """Fails to store ``bad`` (and any group that holds it); holds the first upsert until ``release``
+    so that records pile up."""
 
     def __init__(self, path: Path, bad: str, release: threading.Event) -> None:
         super().__init__(path)
         self.bad, self.release, self.calls = bad, release, 0
         self.threads: list[int] = []
+        self.groups: list[int] = []
 
-    def upsert_inspection(self, inspection: Any) -> None:
+    def upsert_inspections(self, inspections: Any) -> None:
         self.calls += 1
         if self.calls == 1:
             self.release.wait(timeout=30)
         self.threads.append(threading.get_ident())
-        if inspection.frame_id == self.bad:
+        self.groups.append(len(inspections))
+        if any(inspection.frame_id == self.bad for inspection in inspections):
             raise OSError("disk I/O error")
-        super().upsert_inspection(inspection)
+        super().upsert_inspections(inspections)
 
 
 def test_waiting_records_are_stored_together_and_a_bad_one_fails_alone(
@@ -278,6 +281,7 @@ def test_waiting_records_are_stored_together_and_a_bad_one_fails_alone(
         asyncio.run(scenario())
         assert max(groups) > 1 and sum(groups) == 20
         assert len(groups) < 20
+        assert max(records.groups) > 1  # stored together, in one transaction
         summary = line.summary
         assert (summary.inspected, summary.frame_dead_letters, summary.dead_letters) == (
             19,
@@ -403,10 +407,11 @@ class CheckingRecords(SqliteRecordStore):
         self.blobs = blobs
         self.early: list[str] = []
 
-    def upsert_inspection(self, inspection: Any) -> None:
-        uris = {ref.uri for ref in (inspection.image, inspection.heatmap) if ref is not None}
-        self.early += sorted(uris & self.blobs.not_durable)
-        super().upsert_inspection(inspection)
+    def upsert_inspections(self, inspections: Any) -> None:
+        for inspection in inspections:
+            uris = {ref.uri for ref in (inspection.image, inspection.heatmap) if ref is not None}
+            self.early += sorted(uris & self.blobs.not_durable)
+        super().upsert_inspections(inspections)
 
 
 def test_with_group_commit_a_record_is_stored_only_after_its_blobs_are_synced(
