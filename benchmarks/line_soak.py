@@ -94,7 +94,9 @@ class Sample:
 
 
 class RssSampler:
-    """Samples RSS each time ``line.summary.inspected`` passes a multiple of ``every`` (polls)."""
+    """Samples RSS each time ``line.summary.inspected`` passes a multiple of ``every`` (polls), while
+    the line runs: once it has ended its detector processes exit, and a sample then would catch some
+    of them gone (the last record can be stored just before)."""
 
     def __init__(self, line: Line, every: int, total: int, poll_s: float = 0.02) -> None:
         self.line, self.every, self.total, self.poll_s = line, every, total, poll_s
@@ -123,9 +125,12 @@ class RssSampler:
             while not self._done.wait(self.poll_s):
                 done = self.line.summary.inspected
                 bar.update(done - bar.n)
-                if done >= next_mark:
-                    self.samples.append(Sample.of(self.line, done, self._elapsed()))
-                    bar.set_postfix(rss_mb=f"{self.samples[-1].rss_mb:.0f}")
+                if done >= next_mark and self.line.running:
+                    sample = Sample.of(self.line, done, self._elapsed())
+                    if not self.line.running:  # its workers may have been exiting: not the line's memory
+                        continue
+                    self.samples.append(sample)
+                    bar.set_postfix(rss_mb=f"{sample.rss_mb:.0f}")
                     next_mark = (done // self.every + 1) * self.every
 
 

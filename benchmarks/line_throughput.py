@@ -391,7 +391,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=256, help="frame side in pixels")
     parser.add_argument("--model", type=Path, help="a model directory to use, or to train into if empty")
     parser.add_argument("--train-parts", type=int, default=60)
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of bare then line")
+    parser.add_argument(
+        "--rounds", type=int, default=9, help="rounds of bare then line (single rounds spread over ±0.04)"
+    )
     parser.add_argument(
         "--max-others",
         type=float,
