@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -202,9 +202,16 @@ def top_share_mean(maps: torch.Tensor, share: float) -> torch.Tensor:
     """Mean of the highest ``share`` of each (B, H, W) map's pixels (at least one: the maximum).
 
     Less noisy than the single maximum: a defect lifts a region, noise a pixel or two."""
+    return top_share_means(maps, [share])[:, 0]
+
+
+def top_share_means(maps: torch.Tensor, shares: Sequence[float]) -> torch.Tensor:
+    """:func:`top_share_mean` for several shares at once, (B, len(shares)): one ``topk`` for the
+    largest share, whose sorted values give every smaller share's mean as a prefix."""
     flat = maps.flatten(1)
-    k = max(1, min(flat.shape[1], round(share * flat.shape[1])))
-    return flat.topk(k, dim=1).values.mean(dim=1)
+    counts = [max(1, min(flat.shape[1], round(share * flat.shape[1]))) for share in shares]
+    top = flat.topk(max(counts), dim=1).values  # sorted, highest first
+    return torch.stack([top[:, :k].mean(dim=1) for k in counts], dim=1)
 
 
 class PositionStatistics:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from services.vision.dataset import preprocess
 from services.vision.maps import patch_scores_to_map
 from services.vision.metrics import auroc, pixel_auroc, pro_score
-from services.vision.patchcore import PatchCoreModel, blend_scores, top_share_mean
+from services.vision.patchcore import PatchCoreModel, blend_scores, top_share_means
 from services.vision.synthetic_defects import paint_defect
 
 WEIGHTS: Final = tuple(round(0.1 * i, 1) for i in range(11))
@@ -99,7 +99,7 @@ def choose_blend(
             for chunk in blended.split(MAP_CHUNK):
                 maps = patch_scores_to_map(chunk, model.image_size, model.params.sigma)
                 pooled.append(_pool(maps))
-                tops.append(torch.stack([top_share_mean(maps, share) for share in TOP_SHARES], dim=1))
+                tops.append(top_share_means(maps, TOP_SHARES))
             pooled_maps, image_scores = torch.cat(pooled).numpy(), torch.cat(tops).numpy()
             pixel, pro = pixel_auroc(pooled_maps, pooled_masks), pro_score(pooled_maps, pooled_masks)
             for column, share in enumerate(TOP_SHARES):

@@ -19,6 +19,7 @@ from services.vision.patchcore import (
     position_distances,
     position_features,
     top_share_mean,
+    top_share_means,
 )
 from services.vision.train import score_spreads
 from tests.vision.test_detectors import SIZE, card_fields, good_images, with_defect
@@ -74,6 +75,16 @@ def test_top_share_mean_averages_the_highest_pixels() -> None:
     maps = torch.arange(100.0).view(1, 10, 10)
     assert top_share_mean(maps, 0.03).item() == pytest.approx(98.0)
     assert top_share_mean(maps, 0.0).item() == 99.0  # at least the maximum
+
+
+def test_top_share_means_give_each_share_its_own_mean() -> None:
+    maps = torch.randn(5, 64, 64, generator=torch.Generator().manual_seed(0))
+    shares = (0.005, 0.01, 0.02, 0.05)
+    together = top_share_means(maps, shares)
+    assert together.shape == (5, 4)
+    for column, share in enumerate(shares):
+        assert torch.allclose(together[:, column], maps.flatten(1).topk(round(share * 4096)).values.mean(1))
+    assert (together[:, :-1] >= together[:, 1:]).all()  # a smaller share averages higher pixels
 
 
 @pytest.fixture(scope="module")
