@@ -125,15 +125,23 @@ class PatchCoreModel(nn.Module):
             positions = position_distances(
                 position_features(feature_maps), self.position_mean, self.position_precision
             )
-            grid_scores = blend_scores(patch_scores, positions, self.score_norm, self.params.position_weight)
-            maps = patch_scores_to_map(grid_scores.view(batch, h, w), self.image_size, self.params.sigma)
-            image_scores = top_share_mean(maps, self.params.image_top_share)
+            image_scores, maps, grid_scores = self.blended_scores(patch_scores, positions, (h, w))
         else:
             grid_scores = patch_scores
             image_scores = self._image_scores(patches, patch_scores, where.view(batch, n_patches))
             maps = patch_scores_to_map(patch_scores.view(batch, h, w), self.image_size, self.params.sigma)
         embeddings = patches[torch.arange(batch), grid_scores.argmax(dim=1)]
         return image_scores, maps, embeddings
+
+    def blended_scores(
+        self, patch_scores: torch.Tensor, position_scores: torch.Tensor, grid: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image scores (B,), maps (B, S, S) and blended patch scores (B, h*w) from the two distances
+        of :meth:`component_scores`, as :meth:`forward` makes them when the model uses positions."""
+        weight = self.params.position_weight
+        grid_scores = blend_scores(patch_scores, position_scores, self.score_norm, weight)
+        maps = patch_scores_to_map(grid_scores.view(-1, *grid), self.image_size, self.params.sigma)
+        return top_share_mean(maps, self.params.image_top_share), maps, grid_scores
 
     def _nearest(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each patch's exact nearest bank entry: distances (Q, 1) and indices (Q, 1)."""

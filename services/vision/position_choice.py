@@ -71,17 +71,27 @@ def choose_blend(
     seed: int = 0,
     batch_size: int = 8,
     progress: bool = False,
+    good_scores: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> BlendChoice:
     """The position weight and image top share that best separate ``goods`` (held-out good images at
     the model's input size, RGB uint8) from painted copies of them. ``model`` needs its position
-    statistics and score spreads fitted."""
+    statistics and score spreads fitted. ``good_scores``: the goods' patch and position distances
+    (:meth:`PatchCoreModel.component_scores`) where the caller has them already; then only the
+    painted copies are scored."""
     if not model.position_mean.numel():
         raise ValueError("the model has no position statistics to blend (fit it with a position weight)")
     total = len(goods) * (1 + PAINTED_PER_IMAGE)
     patch, position, masks = [], [], []
+    first = 0
+    if good_scores is not None:
+        if not len(good_scores[0]) == len(good_scores[1]) == len(goods):
+            raise ValueError(f"good_scores hold {len(good_scores[0])} images, not the {len(goods)} goods")
+        patch, position = [good_scores[0]], [good_scores[1]]
+        masks = [torch.zeros(len(goods), METRIC_SIDE, METRIC_SIDE, dtype=torch.bool)]
+        first = len(goods)
     grid = (0, 0)
     with torch.inference_mode():
-        starts = range(0, total, batch_size)
+        starts = range(first, total, batch_size)
         for start in tqdm(starts, desc="choosing the position weight", unit="batch", disable=not progress):
             batch = [validation_image(goods, i, seed) for i in range(start, min(total, start + batch_size))]
             images = torch.stack([preprocess(image, model.image_size) for image, _ in batch])

@@ -19,6 +19,7 @@ from services.vision.backbone import build_feature_extractor, default_layers
 from services.vision.calibration import fit_threshold
 from services.vision.dataset import (
     DatasetError,
+    LoadedBatch,
     Roi,
     SkippedFile,
     iter_batches,
@@ -88,47 +89,63 @@ def split_holdout(paths: list[Path], share: float, seed: int) -> tuple[list[Path
 
 def _batches(
     paths: list[Path], config: TrainConfig, skipped: list[SkippedFile], desc: str
-) -> Iterator[torch.Tensor]:
-    for batch in tqdm(
+) -> Iterator[LoadedBatch]:
+    yield from tqdm(
         iter_batches(paths, config.image_size, config.batch_size, skipped, config.roi),
         total=-(-len(paths) // config.batch_size),
         desc=desc,
         unit="batch",
         disable=not config.progress,
-    ):
-        yield batch.images
+    )
 
 
-def score_spreads(model: PatchCoreModel, batches: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Standard deviations of the patch and the position distances over held-out good images."""
-    patch, position = [], []
+@dataclass
+class HeldOutScores:
+    """The patch and position distances (:meth:`PatchCoreModel.component_scores`) of the held-out good
+    images that could be decoded, in order: computed once, they give the score spreads, the goods'
+    side of the blend choice and the calibration scores."""
+
+    paths: list[Path]
+    patch: torch.Tensor  # (N, h*w)
+    position: torch.Tensor  # (N, h*w)
+    grid: tuple[int, int]
+
+
+def score_held_out(model: PatchCoreModel, batches: Iterable[LoadedBatch]) -> HeldOutScores:
+    paths, patch, position = [], [], []
+    grid = (0, 0)
     with torch.inference_mode():
-        for images in batches:
-            patch_scores, position_scores, _ = model.component_scores(images)
-            patch.append(patch_scores.flatten())
-            position.append(position_scores.flatten())
+        for batch in batches:
+            patch_scores, position_scores, grid = model.component_scores(batch.images)
+            paths += batch.paths
+            patch.append(patch_scores)
+            position.append(position_scores)
     if not patch:
         raise DatasetError("no held-out image could be decoded, cannot standardise the scores")
-    spreads = torch.stack([torch.cat(patch).std(), torch.cat(position).std()])
-    return spreads.clamp_min(1e-6)
+    return HeldOutScores(paths, torch.cat(patch), torch.cat(position), grid)
 
 
-def choose_position_weight(
-    model: PatchCoreModel, holdout_paths: list[Path], config: TrainConfig
-) -> dict[str, Any]:
+def score_spreads(held: HeldOutScores) -> torch.Tensor:
+    """Standard deviations of the patch and the position distances over the held-out good images."""
+    return torch.stack([held.patch.std(), held.position.std()]).clamp_min(1e-6)
+
+
+def choose_position_weight(model: PatchCoreModel, held: HeldOutScores, config: TrainConfig) -> dict[str, Any]:
     """``--position-weight auto``: choose the weight and the image top share on the held-out good
     images and painted copies of them, set them on ``model`` (dropping the position statistics when
     the choice is 0) and return what was chosen and every candidate's scores, for the card."""
-    if len(holdout_paths) > MAX_AUTO_GOODS:
-        picks = np.linspace(0, len(holdout_paths) - 1, MAX_AUTO_GOODS).round().astype(int)
-        holdout_paths = [holdout_paths[i] for i in picks]
-    goods = []
-    for path in holdout_paths:
+    picks = np.arange(len(held.paths))
+    if len(picks) > MAX_AUTO_GOODS:
+        picks = np.linspace(0, len(picks) - 1, MAX_AUTO_GOODS).round().astype(int)
+    kept, goods = [], []
+    for i in picks:
         try:
-            goods.append(resize_for_model(load_image(path), config.image_size, config.roi))
-        except ImageError:  # already listed as skipped by the calibration pass
+            goods.append(resize_for_model(load_image(held.paths[i]), config.image_size, config.roi))
+            kept.append(int(i))
+        except ImageError:  # decoded a moment ago: changed since, and left out here too
             continue
-    choice = choose_blend(model, goods, config.seed, config.batch_size, config.progress)
+    good_scores = (held.patch[kept], held.position[kept])
+    choice = choose_blend(model, goods, config.seed, config.batch_size, config.progress, good_scores)
     model.params = replace(
         model.params, position_weight=choice.position_weight, image_top_share=choice.image_top_share
     )
@@ -147,11 +164,12 @@ def train(config: TrainConfig) -> ModelCard:
     layers = config.layers or default_layers(config.backbone)
     extractor = build_feature_extractor(config.backbone, layers, config.weights, config.activation)
     skipped: list[SkippedFile] = []
-    batches = _batches(fit_paths, config, skipped, "features")
+    batches = (batch.images for batch in _batches(fit_paths, config, skipped, "features"))
     model: torch.nn.Module
     params: PatchCoreParams | SpadeParams
     auto = config.position_weight == "auto" and config.detector == "patchcore"  # SPADE has no positions
     position_choice: dict[str, Any] | None = None
+    held: HeldOutScores | None = None  # the held-out images' distances, where the model has positions
     if auto and len(holdout_paths) < MIN_AUTO_HOLDOUT:
         auto = False
         position_choice = {
@@ -172,12 +190,11 @@ def train(config: TrainConfig) -> ModelCard:
         )
         release_free_memory()  # each phase of the fit frees what it used; see memory.py
         if patchcore.position_mean.numel():
-            patchcore.score_norm.copy_(
-                score_spreads(patchcore, _batches(holdout_paths, config, [], "score spreads"))
-            )
-        if auto:
-            release_free_memory()  # what the score spreads' pass freed
-            position_choice = choose_position_weight(patchcore, holdout_paths, config)
+            held = score_held_out(patchcore, _batches(holdout_paths, config, skipped, "held-out scores"))
+            patchcore.score_norm.copy_(score_spreads(held))
+        if auto and held is not None:
+            release_free_memory()  # what the held-out pass freed
+            position_choice = choose_position_weight(patchcore, held, config)
         model, params = patchcore, patchcore.params  # as fitted, e.g. the balanced layer weights
     elif config.detector == "spade":
         params = SpadeParams(seed=config.seed)
@@ -188,10 +205,18 @@ def train(config: TrainConfig) -> ModelCard:
     release_free_memory()
     image_scores, map_maxima = [], []
     with torch.inference_mode():
-        for images in _batches(holdout_paths, config, skipped, "calibration"):
-            scores, maps, _ = model(images)
-            image_scores.append(scores.numpy())
-            map_maxima.append(maps.amax(dim=(1, 2)).numpy())
+        if held is not None and isinstance(model, PatchCoreModel) and model.uses_positions:
+            for start in range(0, len(held.paths), config.batch_size):
+                part = slice(start, start + config.batch_size)
+                scores, maps, _ = model.blended_scores(held.patch[part], held.position[part], held.grid)
+                image_scores.append(scores.numpy())
+                map_maxima.append(maps.amax(dim=(1, 2)).numpy())
+        else:  # the held-out images were not scored yet, or the choice dropped the positions
+            seen = [] if held is not None else skipped  # the held-out pass listed its skipped files
+            for batch in _batches(holdout_paths, config, seen, "calibration"):
+                scores, maps, _ = model(batch.images)
+                image_scores.append(scores.numpy())
+                map_maxima.append(maps.amax(dim=(1, 2)).numpy())
     if not image_scores:
         raise DatasetError("no held-out image could be decoded, cannot calibrate")
     image_calibration = fit_threshold(np.concatenate(image_scores), config.target_fpr, config.confidence)

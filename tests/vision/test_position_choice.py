@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from services.vision.commands import position_weight
-from services.vision.dataset import IMAGENET_MEAN, IMAGENET_STD
+from services.vision.dataset import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from services.vision.patchcore import PatchCoreParams
 from services.vision.position_choice import (
     PAINTED_PER_IMAGE,
@@ -74,6 +74,28 @@ def test_the_weight_goes_to_the_component_that_sees_the_defects(informed: str) -
     else:
         assert choice.position_weight >= 0.8
     assert best > 0.9  # the painted defects are found
+
+
+@dataclass
+class CountingComponents(TwoComponents):
+    scored: int = 0
+
+    def component_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        self.scored += len(images)
+        return super().component_scores(images)
+
+
+def test_goods_already_scored_are_not_scored_again() -> None:
+    model = CountingComponents("position")
+    images = goods()
+    patch, position, _ = model.component_scores(torch.stack([preprocess(image, SIZE) for image in images]))
+    model.scored = 0
+    choice = choose_blend(model, images, seed=1, good_scores=(patch, position))  # type: ignore[arg-type]
+    assert model.scored == 12 * PAINTED_PER_IMAGE  # the painted copies only
+    assert (choice.n_good, choice.n_painted) == (12, 12 * PAINTED_PER_IMAGE)
+    assert choice.position_weight >= 0.8
+    with pytest.raises(ValueError, match="hold 11 images, not the 12 goods"):
+        choose_blend(model, images, good_scores=(patch[:11], position[:11]))  # type: ignore[arg-type]
 
 
 def test_the_validation_set_is_the_goods_then_painted_copies_the_same_every_time() -> None:

@@ -10,6 +10,7 @@ import torch
 
 from services.vision.artifact import load_artifact, save_artifact
 from services.vision.backbone import FeatureExtractor, build_feature_extractor
+from services.vision.dataset import LoadedBatch
 from services.vision.patchcore import (
     PatchCoreModel,
     PatchCoreParams,
@@ -21,7 +22,7 @@ from services.vision.patchcore import (
     top_share_mean,
     top_share_means,
 )
-from services.vision.train import score_spreads
+from services.vision.train import score_held_out, score_spreads
 from tests.vision.test_detectors import SIZE, card_fields, good_images, with_defect
 
 
@@ -96,7 +97,9 @@ def extractor(mobilenet_weights: Path) -> FeatureExtractor:
 def blended(extractor: FeatureExtractor) -> PatchCoreModel:
     params = PatchCoreParams(coreset_ratio=0.1, position_weight=0.5)
     model = fit_patchcore(extractor, [good_images(8, seed) for seed in range(3)], 24, SIZE, params, False)
-    model.score_norm.copy_(score_spreads(model, [good_images(4, 50)]))
+    held = score_held_out(model, [LoadedBatch(good_images(4, 50), [Path(f"{i}.png") for i in range(4)], [])])
+    assert held.patch.shape == held.position.shape == (4, (SIZE // 8) ** 2)
+    model.score_norm.copy_(score_spreads(held))
     return model
 
 
@@ -115,6 +118,16 @@ def test_blended_model_scores_defects_higher_and_finds_where(blended: PatchCoreM
     for anomaly_map in bad_maps:
         y, x = np.unravel_index(int(anomaly_map.argmax()), anomaly_map.shape)
         assert 70 <= y <= 106 and 10 <= x <= 46
+
+
+def test_scores_blended_from_the_two_distances_equal_the_models(blended: PatchCoreModel) -> None:
+    """Training calibrates from the held-out images' distances instead of scoring them again."""
+    images = with_defect(good_images(3, 200))
+    with torch.inference_mode():
+        scores, maps, _ = blended(images)
+        patch, position, grid = blended.component_scores(images)
+        again_scores, again_maps, _ = blended.blended_scores(patch, position, grid)
+    assert torch.allclose(scores, again_scores) and torch.allclose(maps, again_maps)
 
 
 def test_zero_position_weight_keeps_plain_patchcore(extractor: FeatureExtractor) -> None:
