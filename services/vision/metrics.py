@@ -39,6 +39,7 @@ __all__ = [
     "instance_ap",
     "pixel_ap",
     "pixel_auroc",
+    "pixel_auroc_and_pro",
     "pro_score",
     "rates_at_threshold",
 ]
@@ -367,6 +368,18 @@ def pro_score(maps: npt.ArrayLike, masks: npt.ArrayLike, fpr_limit: float = 0.3)
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
     m, g = _pixel_inputs(maps, masks)
     return _pro_from(_pixel_curve(m, g), _regions(m, g), fpr_limit)
+
+
+def pixel_auroc_and_pro(
+    maps: npt.ArrayLike, masks: npt.ArrayLike, fpr_limit: float = 0.3
+) -> tuple[float, float]:
+    """:func:`pixel_auroc` and :func:`pro_score` from one sort of the pixels (half the time and
+    half the transient memory of the two calls)."""
+    if not 0.0 < fpr_limit <= 1.0:
+        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+    m, g = _pixel_inputs(maps, masks)
+    curve = _pixel_curve(m, g)
+    return _auroc_from_curve(curve), _pro_from(curve, _regions(m, g), fpr_limit)
 
 
 def _instance_ap_from(

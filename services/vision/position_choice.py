@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from services.vision.dataset import preprocess
 from services.vision.maps import patch_scores_to_map
-from services.vision.metrics import auroc, pixel_auroc, pro_score
+from services.vision.memory import release_free_memory
+from services.vision.metrics import auroc, pixel_auroc_and_pro
 from services.vision.patchcore import PatchCoreModel, blend_scores, top_share_means
 from services.vision.synthetic_defects import paint_defect
 
@@ -98,6 +99,7 @@ def choose_blend(
             patch_scores, position_scores, grid = model.component_scores(images)
             patch.append(patch_scores)
             position.append(position_scores)
+            release_free_memory()  # each batch's features (see memory.py)
             masks.append(_pool(torch.from_numpy(np.stack([mask for _, mask in batch])).float()) > 0)
         patch_all, position_all = torch.cat(patch), torch.cat(position)
         pooled_masks = torch.cat(masks).numpy()
@@ -111,7 +113,8 @@ def choose_blend(
                 pooled.append(_pool(maps))
                 tops.append(top_share_means(maps, TOP_SHARES))
             pooled_maps, image_scores = torch.cat(pooled).numpy(), torch.cat(tops).numpy()
-            pixel, pro = pixel_auroc(pooled_maps, pooled_masks), pro_score(pooled_maps, pooled_masks)
+            pixel, pro = pixel_auroc_and_pro(pooled_maps, pooled_masks)
+            release_free_memory()  # each weight's maps and metric arrays: fragments otherwise pile up
             for column, share in enumerate(TOP_SHARES):
                 image = auroc(image_scores[:, column], labels)
                 mean = round((image + pixel + pro) / 3, 6)

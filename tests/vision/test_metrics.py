@@ -22,6 +22,7 @@ from services.vision.metrics import (
     instance_ap,
     pixel_ap,
     pixel_auroc,
+    pixel_auroc_and_pro,
     pro_score,
     rates_at_threshold,
 )
@@ -246,6 +247,9 @@ def test_pro_matches_brute_force(seed: int) -> None:
         assert pro_score(maps, masks, fpr_limit=limit) == pytest.approx(
             _reference_pro(maps, masks, limit), abs=1e-9
         )
+        together = pixel_auroc_and_pro(maps, masks, fpr_limit=limit)
+        assert together == (pixel_auroc(maps, masks), pro_score(maps, masks, fpr_limit=limit))
+    assert pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()))
 
 
 # --------------------------------------------------------------------------------------------------
