@@ -38,6 +38,13 @@ iteration: limited run (20 train images) 15-17 GB peak in 5 of 6 stock runs inst
 bottle ~+0.8 MB/iteration (10.7k iterations at 5 %). --mmap-threshold-kb 256 (glibc mallopt
 M_MMAP_THRESHOLD) stops the growth; opt-in, the stock allocator is the default.
 Timings are wall-clock on a shared machine: the load average is logged to stderr at start and end.
+
+--save-bank / --load-bank keep a fitted PatchCore's memory bank so that a later process can skip
+the fit, and --serve turns the runner into a worker of benchmarks/paired_throughput.py (one timed
+batch-8 pass per line read on stdin). The glibc allocator matters for inference too: as shipped,
+every batch of 8 maps and unmaps its activations (about 108,000 minor page faults per batch);
+MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ raised keeps them, and batch 8 then runs about 2x
+faster. The paired benchmark measures both.
 """
 
 from __future__ import annotations
@@ -181,6 +188,15 @@ def infer(
     return torch.cat(scores), torch.cat(maps), len(images) / best
 
 
+def serve(model: nn.Module, images: torch.Tensor, batch: int) -> None:
+    """One timed pass over ``images`` per line on stdin, its images/s printed as one line."""
+    infer(model, images, batch)  # warm-up pass, untimed here
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        _, _, rate = infer(model, images, batch)
+        print(f"{rate:.3f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=["patchcore", "padim"], required=True)
@@ -193,12 +209,24 @@ def main() -> None:
     ap.add_argument("--n-features", type=int, default=None, help="PaDiM random channel subset (default: all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=None, help="scores, maps and masks (.npz); not with --serve")
     ap.add_argument("--limit-train", type=int, default=None)
     ap.add_argument("--limit-test", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=1, help="timed inference passes, fastest reported")
     ap.add_argument("--mmap-threshold-kb", type=int, default=0, help="glibc M_MMAP_THRESHOLD, e.g. 256")
+    ap.add_argument("--save-bank", type=Path, default=None, help="PatchCore: save the fitted bank here")
+    ap.add_argument(
+        "--load-bank", type=Path, default=None, help="PatchCore: load a saved memory bank instead of fitting"
+    )
+    ap.add_argument(
+        "--serve",
+        action="store_true",
+        help="after loading, time one batch-8 pass over the test images per line read on stdin "
+        "(benchmarks/paired_throughput.py drives it); nothing else is measured or written",
+    )
     args = ap.parse_args()
+    if args.out is None and not args.serve:
+        ap.error("--out is required unless --serve is given")
 
     if args.mmap_threshold_kb:
         ctypes.CDLL("libc.so.6").mallopt(-3, args.mmap_threshold_kb << 10)  # -3 = M_MMAP_THRESHOLD
@@ -214,10 +242,21 @@ def main() -> None:
 
     model = build_model(args.model, load_backbone(args.weights), args.layers, args.n_features)
     prep = Prep(args.image_size)
-    fit_s = fit(model, args.model, prep, train, args.coreset)
-    log(f"fit {fit_s:.1f}s")
+    if args.load_bank:
+        model.memory_bank = torch.load(args.load_bank)
+        model.eval()
+        fit_s = float("nan")
+        log(f"memory bank {tuple(model.memory_bank.shape)} loaded from {args.load_bank}")
+    else:
+        fit_s = fit(model, args.model, prep, train, args.coreset)
+        log(f"fit {fit_s:.1f}s")
+    if args.save_bank:
+        torch.save(model.memory_bank, args.save_bank)
 
     pairs = [prep(img, mask) for img, mask, _ in tests]
+    if args.serve:
+        serve(model, torch.stack([p[0] for p in pairs]), batch=8)
+        return
     images = torch.stack([p[0] for p in pairs])
     masks = torch.stack([p[1] for p in pairs])
     labels = np.array([lab for _, _, lab in tests], dtype=np.int64)
