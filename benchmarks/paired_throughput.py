@@ -35,12 +35,9 @@ from pathlib import Path
 from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("LINEWATCH_SHARED", ROOT.parent / "shared"))
-WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_dequant.pth"
-SETS = {
-    "bottle": SHARED / "datasets" / "mvtec_bottle",
-    "magnetic_tile": SHARED / "datasets" / "magnetic_tile",
-}
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from engine_vs_anomalib import SETS, WEIGHTS  # noqa: E402
+
 PEER_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 PEER_RUNNER = ROOT / "benchmarks" / "peer_anomalib.py"
 RESULTS = ROOT / "benchmarks" / "results"
