@@ -120,28 +120,21 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "paired_throughput.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.model is None or args.peer_bank is None:
-        parser.error("--model and --peer-bank are required")
     data = SETS[args.category]
+    if args.model is None:
+        parser.error("--model is required")
     if args.worker:
         linewatch_worker(args.model, data, args.category, args.threads)
         return 0
+    if args.peer_bank is None:
+        parser.error("--peer-bank is required")
     if not PEER_PYTHON.exists():
         parser.error(f"{PEER_PYTHON} is missing: set up the peer's environment (benchmarks/peer_anomalib.py)")
     ensure_peer_bank(args.peer_bank, data, args.category, args.peer_coreset, args.threads)
 
     common = ["--category", args.category, "--threads", str(args.threads)]
     commands = {
-        "linewatch": [
-            sys.executable,
-            __file__,
-            "--worker",
-            "--model",
-            str(args.model),
-            "--peer-bank",
-            "-",
-            *common,
-        ],
+        "linewatch": [sys.executable, __file__, "--worker", "--model", str(args.model), *common],
         "anomalib": [
             *(str(PEER_PYTHON), str(PEER_RUNNER), "--model", "patchcore", "--serve"),
             *("--data", str(data), "--weights", str(WEIGHTS), "--load-bank", str(args.peer_bank)),

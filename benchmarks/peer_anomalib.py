@@ -227,6 +227,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.out is None and not args.serve:
         ap.error("--out is required unless --serve is given")
+    if args.model != "patchcore" and (args.save_bank or args.load_bank):
+        ap.error("--save-bank and --load-bank are for --model patchcore")
 
     if args.mmap_threshold_kb:
         ctypes.CDLL("libc.so.6").mallopt(-3, args.mmap_threshold_kb << 10)  # -3 = M_MMAP_THRESHOLD
@@ -254,10 +256,10 @@ def main() -> None:
         torch.save(model.memory_bank, args.save_bank)
 
     pairs = [prep(img, mask) for img, mask, _ in tests]
-    if args.serve:
-        serve(model, torch.stack([p[0] for p in pairs]), batch=8)
-        return
     images = torch.stack([p[0] for p in pairs])
+    if args.serve:
+        serve(model, images, batch=8)
+        return
     masks = torch.stack([p[1] for p in pairs])
     labels = np.array([lab for _, _, lab in tests], dtype=np.int64)
     _, _, ips1 = infer(model, images, 1, args.repeats)
