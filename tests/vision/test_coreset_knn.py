@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from services.vision import knn
 from services.vision.coreset import greedy_coreset
@@ -114,6 +115,97 @@ def test_screened_search_equals_plain_search_on_spread_data() -> None:
     with torch.no_grad():
         itself, at = knn.nearest_screened(bank[:5], bank, knn.BfloatScreen.of(bank))
     assert torch.equal(at[:, 0], torch.arange(5)) and float(itself.max()) < 1e-3
+
+
+def test_screened_search_is_exact_for_queries_far_outside_the_bank() -> None:
+    """Defective patches lie far from every good one: |q| much larger than the bank's norms, where
+    the squared norms dominate the screen's sums and their rounding matters most."""
+    generator = torch.Generator().manual_seed(5)
+    bank = 3.0 + torch.randn(600, 64, generator=generator)
+    queries = torch.cat([40 * torch.randn(200, 64, generator=generator), bank[:100] + 1e-3])
+    distances, where = knn.nearest_screened(queries, bank, knn.BfloatScreen.of(bank))
+    want_distances, want = torch.cdist(queries.double(), bank.double()).min(dim=1)
+    assert torch.equal(where[:, 0], want)
+    assert torch.allclose(distances[:, 0].double(), want_distances, rtol=1e-5, atol=1e-4)
+
+
+def test_screened_search_is_exact_where_the_squared_norms_decide() -> None:
+    """Queries near the bank's centre and entries on a shell of radius about 10: the nearest entry
+    is decided by |b|² (about 100, whose bfloat16 spacing is 0.5) to within a few hundredths, and
+    every squared distance is about 100, so the product's rounding to bfloat16 is at its largest."""
+    generator = torch.Generator().manual_seed(6)
+    directions = F.normalize(torch.randn(400, 32, generator=generator), dim=1)
+    radii = 10 + 0.02 * torch.randn(400, 1, generator=generator)
+    bank = torch.cat([directions, -directions]) * torch.cat([radii, radii.flip(0)])
+    queries = 0.05 * torch.randn(300, 32, generator=generator)
+    distances, where = knn.nearest_screened(queries, bank, knn.BfloatScreen.of(bank))
+    want_distances, want = torch.cdist(queries.double(), bank.double()).min(dim=1)
+    assert torch.equal(where[:, 0], want)
+    assert torch.allclose(distances[:, 0].double(), want_distances, rtol=1e-6)
+
+
+def test_screened_search_is_exact_with_a_basis_smaller_than_the_features() -> None:
+    """Features whose spread falls off with the dimension, as a backbone's do: the screen keeps a
+    few leading directions and bounds the rest by its norm, and finds the same entries, near ties
+    (pairs 0.2% apart) included."""
+    generator = torch.Generator().manual_seed(8)
+    falloff = 0.93 ** torch.arange(128.0)
+    centres = 2.0 + torch.randn(800, 128, generator=generator) * falloff
+    bank = torch.cat([centres, centres + 0.002 * torch.randn(800, 128, generator=generator) * falloff])
+    queries = torch.cat(
+        [
+            centres[:500] + 0.003 * torch.randn(500, 128, generator=generator) * falloff,
+            2.0 + torch.randn(500, 128, generator=generator) * falloff,
+        ]
+    )
+    screen = knn.BfloatScreen.of(bank)
+    assert 8 <= screen.basis.shape[1] < 64
+    distances, where = knn.nearest_screened(queries, bank, screen)
+    want_distances, want = torch.cdist(queries.double(), bank.double()).min(dim=1)
+    assert torch.equal(where[:, 0], want)
+    assert torch.allclose(distances[:, 0].double(), want_distances, rtol=1e-5, atol=1e-6)
+
+
+def test_screened_search_falls_back_to_float32_for_queries_outside_the_basis(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Entries spread in 8 directions and, less, in 56 others; a basis of the 8 (forced) and queries
+    far along the other 56: the screen's lower bounds cannot tell the entries apart, and each block
+    is searched in float32, as exactly."""
+    monkeypatch.setattr(knn, "SCREEN_KEPT_SPREAD", 0.5)
+    monkeypatch.setattr(knn, "SCREEN_BLOCK_ELEMENTS", 40 * 500)  # several blocks
+    generator = torch.Generator().manual_seed(7)
+    bank = torch.cat(
+        [10 * torch.randn(500, 8, generator=generator), torch.randn(500, 56, generator=generator)], 1
+    )
+    queries = torch.cat([torch.zeros(100, 8), 30 * torch.randn(100, 56, generator=generator)], 1)
+    screen = knn.BfloatScreen.of(bank)
+    assert screen.basis.shape == (64, 8)
+    searched: list[int] = []
+    plain = knn.nearest
+
+    def counted(block: torch.Tensor, entries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        searched.append(len(block))
+        return plain(block, entries)
+
+    monkeypatch.setattr(knn, "nearest", counted)
+    distances, where = knn.nearest_screened(queries, bank, screen)
+    want_distances, want = torch.cdist(queries.double(), bank.double()).min(dim=1)
+    assert torch.equal(where[:, 0], want)
+    assert torch.allclose(distances[:, 0].double(), want_distances, rtol=1e-5)
+    assert sum(searched) == 100  # every block fell back
+
+
+def test_the_screen_ceiling_is_rounded_up_to_the_next_bfloat16() -> None:
+    values = torch.tensor([1.0, 1.001, 3.0e-6, 7.5e4, float("inf"), float("nan")])
+    bits = knn._bfloat16_bits_up(values)
+    rounded = torch.from_numpy(bits.astype("int32") << 16).view(torch.float32)
+    assert torch.equal(rounded[:4], torch.tensor([1.0, 1.0078125, 3.0040e-6, 75264.0]).bfloat16().float())
+    assert bool((rounded[:4] >= values[:4]).all())
+    # below each, the next smaller bfloat16 is under the value: the rounding is to the nearest above
+    below = torch.from_numpy((bits[:4].astype("int32") - 1) << 16).view(torch.float32)
+    assert bool((below[1:4] < values[1:4]).all()) and float(below[0]) < 1.0
+    assert list(bits[4:]) == [0x7FFF, 0x7FFF]  # not finite: every entry passes
 
 
 def test_screened_search_gives_nan_for_a_non_finite_query_like_the_plain_search() -> None:
