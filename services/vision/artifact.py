@@ -237,6 +237,8 @@ def load_artifact(model_dir: Path) -> tuple[nn.Module, ModelCard]:
         # cards written before the exact search was screened in bfloat16 may carry the old opt-in
         # approximate search; every search is exact now, so the flag has nothing left to choose
         patchcore_params.pop("approximate_search", None)
+        # cards written before the geometric blend combined the two distances linearly
+        patchcore_params.setdefault("blend", "linear")
         if patchcore_params.get("layer_weights") is not None:
             patchcore_params["layer_weights"] = tuple(patchcore_params["layer_weights"])
         params = PatchCoreParams(**patchcore_params)

@@ -10,6 +10,7 @@ import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,9 @@ class PatchCoreParams:
     # score; 0 = plain PatchCore. Both distances are divided by their spread on held-out good images.
     position_weight: float = 0.0
     position_eps: float = 0.02  # ridge added to every per-position covariance (0.01-0.05 tried)
+    # how the two standardised distances combine (see blend_scores); cards written before there was
+    # a choice load as "linear"
+    blend: Literal["geometric", "linear"] = "geometric"
     # with position statistics, the image score is the mean of this share of the map's highest pixels
     image_top_share: float = 0.02
     seed: int = 0
@@ -139,7 +143,7 @@ class PatchCoreModel(nn.Module):
         """Image scores (B,), maps (B, S, S) and blended patch scores (B, h*w) from the two distances
         of :meth:`component_scores`, as :meth:`forward` makes them when the model uses positions."""
         weight = self.params.position_weight
-        grid_scores = blend_scores(patch_scores, position_scores, self.score_norm, weight)
+        grid_scores = blend_scores(patch_scores, position_scores, self.score_norm, weight, self.params.blend)
         maps = patch_scores_to_map(grid_scores.view(-1, *grid), self.image_size, self.params.sigma)
         return top_share_mean(maps, self.params.image_top_share), maps, grid_scores
 
@@ -199,11 +203,24 @@ def position_distances(
 
 
 def blend_scores(
-    patch_scores: torch.Tensor, position_scores: torch.Tensor, spreads: torch.Tensor, weight: float
+    patch_scores: torch.Tensor,
+    position_scores: torch.Tensor,
+    spreads: torch.Tensor,
+    weight: float,
+    blend: Literal["geometric", "linear"] = "geometric",
 ) -> torch.Tensor:
-    """(1 - weight) * patch / its spread + weight * position / its spread: up to a constant, the
-    weighted sum of the two standardised scores (a shift changes no ranking), and still positive."""
-    return (1.0 - weight) * patch_scores / spreads[0] + weight * position_scores / spreads[1]
+    """The two distances, each divided by its spread on held-out good images, combined with
+    ``weight`` on the position distance: ``geometric``, ``patch^(1-weight) * position^weight`` (a
+    region stands out where both distances rise, less where only one does; on painted defects it
+    rates above the linear blend at every weight from 0.1 to 0.8 on magnetic tile), or ``linear``,
+    ``(1-weight) * patch + weight * position`` (up to a constant the weighted sum of the two
+    standardised scores). Both stay non-negative and give the patch distance at weight 0."""
+    patch, position = patch_scores / spreads[0], position_scores / spreads[1]
+    if blend == "geometric":
+        return patch.pow(1.0 - weight) * position.pow(weight)
+    if blend == "linear":
+        return (1.0 - weight) * patch + weight * position
+    raise ValueError(f"unknown blend {blend!r}: geometric or linear")
 
 
 def top_share_mean(maps: torch.Tensor, share: float) -> torch.Tensor:

@@ -106,7 +106,8 @@ def choose_blend(
         labels = np.array([0] * len(goods) + [1] * (total - len(goods)))
         table = []
         for weight in WEIGHTS:
-            blended = blend_scores(patch_all, position_all, model.score_norm, weight).view(-1, *grid)
+            blended = blend_scores(patch_all, position_all, model.score_norm, weight, model.params.blend)
+            blended = blended.view(-1, *grid)
             pooled, tops = [], []
             for chunk in blended.split(MAP_CHUNK):
                 maps = patch_scores_to_map(chunk, model.image_size, model.params.sigma)

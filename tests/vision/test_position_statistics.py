@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from services.vision.artifact import load_artifact, save_artifact
 from services.vision.backbone import FeatureExtractor, build_feature_extractor
 from services.vision.dataset import LoadedBatch
+from services.vision.maps import patch_scores_to_map
 from services.vision.patchcore import (
     PatchCoreModel,
     PatchCoreParams,
@@ -66,10 +68,29 @@ def test_position_features_repeat_deeper_layers_onto_the_finest_grid() -> None:
     assert out[0, :, 2].view(4, 4)[0].tolist() == [0.0, 0.0, 1.0, 1.0]
 
 
-def test_blend_is_a_shifted_weighted_sum_of_standardised_scores() -> None:
+def test_linear_blend_is_a_shifted_weighted_sum_of_standardised_scores() -> None:
     patch, position = torch.tensor([[1.0, 3.0]]), torch.tensor([[10.0, 30.0]])
-    blended = blend_scores(patch, position, torch.tensor([2.0, 20.0]), 0.25)
+    blended = blend_scores(patch, position, torch.tensor([2.0, 20.0]), 0.25, "linear")
     assert torch.allclose(blended, torch.tensor([[0.75 * 0.5 + 0.25 * 0.5, 0.75 * 1.5 + 0.25 * 1.5]]))
+
+
+def test_geometric_blend_is_a_weighted_geometric_mean_of_standardised_scores() -> None:
+    patch, position = torch.tensor([[1.0, 4.0, 0.0]]), torch.tensor([[10.0, 10.0, 20.0]])
+    spreads = torch.tensor([2.0, 20.0])
+    blended = blend_scores(patch, position, spreads, 0.5)  # the default
+    assert torch.allclose(blended, torch.tensor([[0.5, 1.0, 0.0]]))  # sqrt(2 * 0.5) in the middle
+    # weight 0 is the standardised patch distance, weight 1 the position one, as with the linear blend
+    assert torch.equal(blend_scores(patch, position, spreads, 0.0), patch / 2.0)
+    assert torch.equal(blend_scores(patch, position, spreads, 1.0), position / 20.0)
+    # a region where both distances rise outranks one where only one does, unlike the linear blend
+    both, one = torch.tensor([[3.0, 3.0]]), torch.tensor([[1.0, 5.0]])
+    unit = torch.ones(2)
+    assert blend_scores(both[:, :1], both[:, 1:], unit, 0.5) > blend_scores(one[:, :1], one[:, 1:], unit, 0.5)
+    assert blend_scores(both[:, :1], both[:, 1:], unit, 0.5, "linear") == blend_scores(
+        one[:, :1], one[:, 1:], unit, 0.5, "linear"
+    )
+    with pytest.raises(ValueError, match="unknown blend"):
+        blend_scores(patch, position, spreads, 0.5, "max")  # type: ignore[arg-type]
 
 
 def test_top_share_mean_averages_the_highest_pixels() -> None:
@@ -143,3 +164,23 @@ def test_blended_artifact_round_trips(blended: PatchCoreModel, tmp_path: Path) -
     with torch.inference_mode():
         for a, b in zip(blended(images), loaded(images), strict=True):
             assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_a_card_from_before_the_geometric_blend_loads_as_linear(
+    blended: PatchCoreModel, tmp_path: Path
+) -> None:
+    """Cards written before the blend could be chosen have no ``blend``: their thresholds were
+    calibrated on the linear blend, so they must keep scoring with it."""
+    card = save_artifact(blended, card_fields(blended), tmp_path / "model")
+    assert card.params["blend"] == "geometric"
+    fields = json.loads((tmp_path / "model" / "card.json").read_text())
+    del fields["params"]["blend"]
+    (tmp_path / "model" / "card.json").write_text(json.dumps(fields))
+    loaded, _ = load_artifact(tmp_path / "model")
+    assert isinstance(loaded, PatchCoreModel) and loaded.params.blend == "linear"
+    images = with_defect(good_images(2, 310))
+    with torch.inference_mode():
+        patch, position, grid = blended.component_scores(images)
+        linear = blend_scores(patch, position, blended.score_norm, 0.5, "linear").view(-1, *grid)
+        _, maps, _ = loaded(images)
+    assert torch.allclose(maps, patch_scores_to_map(linear, SIZE, blended.params.sigma), atol=1e-5)
