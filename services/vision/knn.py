@@ -95,8 +95,7 @@ class BfloatScreen:
         basis = directions[: min(len(directions), -(-needed // 8) * 8)].T.float().contiguous()
         squared = squared_norms(centred)
         max_norm = float(squared.max().sqrt()) if len(squared) else 0.0
-        projected = centred @ basis
-        rest = (squared - squared_norms(projected)).clamp_min(0).sqrt()
+        projected, rest = _project(centred, basis)
         high, low = _bfloat16_parts(squared)
         ones = torch.ones(len(bank), 2)
         extended = torch.cat([projected, rest.unsqueeze(1), high.unsqueeze(1), low.unsqueeze(1), ones], 1)
@@ -126,20 +125,28 @@ def nearest_screened(
     each factor of the cross terms is rounded once (and ``|Pq||Pb| + r_q r_b <= |q||b|``), each norm
     is split into two bfloat16 parts that together are off by at most ``u²`` of it, and products of
     bfloat16 numbers are exact in float32; ``1e-5 (|q| + |b|)²`` more covers the float32 steps
-    around it. Rounding the sum to bfloat16 adds ``u`` of it, so the approximate ``A`` is within
-    ``K' + u L`` of ``L``, ``K' = (1+u) K``, and an entry with ``L <= U`` has
-    ``A <= (1+u) U + K'``: those are the candidates. The comparison is made on the bfloat16 bit
-    patterns as 16-bit integers (their order for non-negative numbers; a negative ``A`` is always a
-    candidate), the ceiling rounded up to bfloat16 first. 4,096 magnetic-tile patches against 4,990
-    entries of 128 floats take 30-32 ms on one core here, against 46-60 ms for the screen before it
-    (all 128 dimensions, the norms added in float32) and 79-88 ms in float32 (see the README)."""
+    around it. The projection and the rest's norm are computed in float32 too: each of
+    ``(Pq, r_q)`` and ``(Pb, r_b)`` is off by at most ``e = ((D+k) sqrt(k) + 4) 2^-24`` of its norm
+    (the two float32 products ``q P`` and ``(q P) Pᵀ``, each within ``g(n) sqrt(k) |q|`` since
+    ``|P|`` has Frobenius norm ``sqrt(k)``, and the subtraction), which moves ``sqrt(L)`` by at most
+    ``2e(|q| + |b|)``. Rounding the sum to bfloat16 adds ``u``
+    of it, so the approximate ``A`` is within ``K' + u L'`` of the ``L'`` of those float32 values,
+    ``K' = (1+u) K``, and an entry with ``L <= U`` has
+    ``A <= (1+u)(sqrt(U) + 2e(|q| + |b|))² + K'``: those are the candidates. The comparison is made
+    on the bfloat16 bit patterns as 16-bit integers (their order for non-negative numbers; a
+    negative ``A`` is always a candidate), the ceiling rounded up to bfloat16 first. 4,096
+    magnetic-tile patches against 4,990 entries of 128 floats take 30-32 ms on one core here,
+    against 46-60 ms for the screen before it (all 128 dimensions, the norms added in float32) and
+    79-88 ms in float32 (see the README)."""
     if bank.shape[0] == 0:
         raise ValueError("the memory bank is empty")
     entries, dim = bank.shape
     u = BFLOAT16_UNIT_ROUNDOFF
     rounded = (1 + u) ** 2 - 1
     split = u * u + 2 * dim * FLOAT32_UNIT_ROUNDOFF
-    summed = (screen.basis.shape[1] + 5) * FLOAT32_UNIT_ROUNDOFF
+    kept = screen.basis.shape[1]
+    summed = (kept + 5) * FLOAT32_UNIT_ROUNDOFF
+    drift = ((dim + kept) * math.sqrt(kept) + 4) * FLOAT32_UNIT_ROUNDOFF  # of (Pq, r_q), per |q|
     largest = screen.max_norm
     chunk = max(1, SCREEN_BLOCK_ELEMENTS // entries)
     distances = torch.empty(queries.shape[0])
@@ -148,8 +155,7 @@ def nearest_screened(
         block = queries[start : start + chunk]
         centred = block - screen.centre
         squared = squared_norms(centred)
-        projected = centred @ screen.basis
-        rest = (squared - squared_norms(projected)).clamp_min(0).sqrt()
+        projected, rest = _project(centred, screen.basis)
         high, low = _bfloat16_parts(squared)
         ones = torch.ones(len(block), 2)
         extended = torch.cat(
@@ -162,7 +168,8 @@ def nearest_screened(
         norms = squared.sqrt()
         reach = (norms + largest) ** 2
         bound = 2 * rounded * norms * largest + split * (squared + largest**2) + summed * (1 + u) ** 2 * reach
-        ceiling = (1 + u) * (1 + 1e-5) * upper + (1 + u) * (bound + 1e-5 * reach + 1e-30)
+        reachable = ((1 + 1e-5) * upper).sqrt() + 2 * drift * (norms + largest)
+        ceiling = (1 + u) * reachable**2 + (1 + u) * (bound + 1e-5 * reach + 1e-30)
         rows, cols = _at_most(approximate, _bfloat16_bits_up(ceiling))
         if len(rows) > SCREEN_MAX_CANDIDATES * len(block):  # far outside the basis: search in float32
             block_distances, block_where = nearest(block, bank)
@@ -180,6 +187,14 @@ def nearest_screened(
         indices[start : start + chunk] = where
         distances[start : start + chunk] = best.sqrt_()
     return distances.unsqueeze(1), indices.unsqueeze(1)
+
+
+def _project(centred: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows' projections on ``basis`` (orthonormal columns) and the norms of what is left: the rest
+    is formed as a vector, since the difference of the squared norms would lose the small rests'
+    digits to cancellation."""
+    projected = centred @ basis
+    return projected, torch.linalg.vector_norm(centred - projected @ basis.T, dim=1)
 
 
 def _bfloat16_parts(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
