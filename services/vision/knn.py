@@ -64,7 +64,7 @@ def native_bfloat16() -> bool:
 # share of the bank's spread (squared distance to its mean) that the screen's subspace keeps
 SCREEN_KEPT_SPREAD = 0.97
 # largest bfloat16 block of the screen: 2M elements, 4 MB (8,192 patches against 4,990 entries
-# here, three interleaved runs: 46-48 ms at 2M and 4M, 51-52 ms at 1M, 63 ms at 512k)
+# here, two threads, three interleaved runs: 60-62 ms at 2M, 59 at 4M, 72-74 at 1M, 84 at 512k)
 SCREEN_BLOCK_ELEMENTS = 2 * 1024 * 1024
 # a block whose queries have more candidates than this on average (patches far outside the bank's
 # subspace; noise images give 26 here, real ones 3-7) is searched in float32 instead, which keeps
@@ -135,9 +135,9 @@ def nearest_screened(
     ``A <= (1+u)(sqrt(U) + 2e(|q| + |b|))² + K'``: those are the candidates. The comparison is made
     on the bfloat16 bit patterns as 16-bit integers (their order for non-negative numbers; a
     negative ``A`` is always a candidate), the ceiling rounded up to bfloat16 first. 4,096
-    magnetic-tile patches against 4,990 entries of 128 floats take 30-32 ms on one core here,
-    against 46-60 ms for the screen before it (all 128 dimensions, the norms added in float32) and
-    79-88 ms in float32 (see the README)."""
+    magnetic-tile patches against 4,990 entries of 128 floats take 30-35 ms on one core here,
+    against 46-61 ms for the screen before it (all 128 dimensions, the norms added in float32) and
+    79-91 ms in float32 (see the README)."""
     if bank.shape[0] == 0:
         raise ValueError("the memory bank is empty")
     entries, dim = bank.shape
