@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from tqdm import tqdm
 
 from services.vision.dataset import SkippedFile, TestSample, list_test_samples, resize_mask
@@ -59,12 +60,29 @@ def _load(sample: TestSample, image_size: int, roi: tuple[int, int, int, int] | 
     return image, mask
 
 
-def evaluate(
+@dataclass
+class ScoredTestSet:
+    """A model's raw scores and maps on every usable test image, in the dataset's order."""
+
+    names: list[str]  # "defect type/file name", e.g. "crack/exp1_num_4.png"
+    scores: npt.NDArray[np.floating[Any]]  # (N,) raw image scores
+    labels: npt.NDArray[np.int64]  # (N,) 1 = defective
+    maps: npt.NDArray[np.floating[Any]]  # (N, S, S) raw anomaly maps at the model's input size
+    masks: npt.NDArray[np.bool_]  # (N, S, S) ground truth at the same size
+    inference_s: float  # model forward only
+    peak_rss_mb: float  # while scoring, before the maps are gathered into one array
+    skipped: list[SkippedFile] = field(default_factory=list)
+    per_type: dict[str, int] = field(default_factory=dict)
+
+
+def score_test_set(
     inspector: Inspector, data_root: Path, category: str, batch_size: int = 8, progress: bool = True
-) -> EvaluationReport:
+) -> ScoredTestSet:
+    """Score every test image of ``data_root/category`` (MVTec layout) in batches of ``batch_size``;
+    undecodable files are listed in ``skipped``, not fatal."""
     samples, skipped = list_test_samples(data_root, category)
     size, roi = inspector.card.image_size, inspector.card.roi
-    scores, labels, maps, masks = [], [], [], []
+    scores, labels, maps, masks, names = [], [], [], [], []
     per_type: dict[str, int] = {}
     inference_s = 0.0
     bar = tqdm(total=len(samples), desc="evaluate", unit="img", disable=not progress)
@@ -90,26 +108,43 @@ def evaluate(
         maps.append(raw.maps)
         for sample in kept:
             labels.append(int(sample.is_defective))
+            names.append(f"{sample.path.parent.name}/{sample.path.name}")
             per_type[sample.defect_type] = per_type.get(sample.defect_type, 0) + 1
     bar.close()
-    rss_inference = peak_rss_mb()
+    rss = peak_rss_mb()
     if not scores:
         raise ValueError(f"no usable test image under {data_root}/{category}/test")
-    all_maps = np.concatenate(maps)
+    return ScoredTestSet(
+        names=names,
+        scores=np.concatenate(scores),
+        labels=np.asarray(labels, dtype=np.int64),
+        maps=np.concatenate(maps),
+        masks=np.stack(masks),
+        inference_s=inference_s,
+        peak_rss_mb=rss,
+        skipped=skipped,
+        per_type=per_type,
+    )
+
+
+def evaluate(
+    inspector: Inspector, data_root: Path, category: str, batch_size: int = 8, progress: bool = True
+) -> EvaluationReport:
+    scored = score_test_set(inspector, data_root, category, batch_size, progress)
     metrics = evaluate_detection(
-        np.concatenate(scores),
-        np.asarray(labels),
-        all_maps,
-        np.stack(masks),
+        scored.scores,
+        scored.labels,
+        scored.maps,
+        scored.masks,
         threshold=inspector.card.image_calibration.threshold,
     )
-    n_images = len(labels)
+    n_images = len(scored.labels)
     return EvaluationReport(
         metrics=metrics,
         n_images=n_images,
-        images_per_s=n_images / inference_s if inference_s > 0 else math.nan,
+        images_per_s=n_images / scored.inference_s if scored.inference_s > 0 else math.nan,
         batch_size=batch_size,
-        peak_rss_mb_inference=rss_inference,
-        skipped=skipped,
-        per_type=per_type,
+        peak_rss_mb_inference=scored.peak_rss_mb,
+        skipped=scored.skipped,
+        per_type=scored.per_type,
     )

@@ -15,6 +15,9 @@ from PIL import Image
 
 import services.vision.train as train_module
 from services.cli import main
+from services.vision.evaluate import score_test_set
+from services.vision.inspector import Inspector
+from services.vision.metrics import evaluate_detection
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EVALUATE_KEYS = {
@@ -109,6 +112,16 @@ def test_train_evaluate_predict_round_trip(
     assert result["image_auroc"] >= 0.95
     assert result["pixel_auroc"] >= 0.9
     assert [s["path"].endswith("zz_tiny.png") for s in result["skipped"]] == [True]
+    # the scores and maps behind those numbers, as benchmarks/accuracy_margin.py reads them
+    scored = score_test_set(Inspector.load(model), bottle_subset, "bottle", progress=False)
+    assert len(scored.names) == len(scored.labels) == len(scored.scores) == scored.maps.shape[0] == 20
+    assert scored.names[0].startswith("broken_large/") and scored.names[-1].startswith("good/")
+    assert scored.labels.tolist() == [1] * 10 + [0] * 10
+    assert scored.maps.shape == scored.masks.shape == (20, 256, 256)
+    assert scored.masks[:10].any(axis=(1, 2)).all() and not scored.masks[10:].any()
+    assert [s.path.endswith("zz_tiny.png") for s in scored.skipped] == [True]
+    recomputed = evaluate_detection(scored.scores, scored.labels, scored.maps, scored.masks, threshold=0.5)
+    assert recomputed["pixel_auroc"] == pytest.approx(result["pixel_auroc"], abs=1e-4)
 
     images = sorted((bottle_subset / "bottle" / "test" / "broken_large").iterdir())[:2]
     out_dir = tmp_path / "predictions"
