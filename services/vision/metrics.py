@@ -21,7 +21,7 @@ scores form one threshold and the ROC / PRO curves are linear between consecutiv
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -37,6 +37,7 @@ __all__ = [
     "evaluate_detection",
     "f1_max",
     "instance_ap",
+    "paired_bootstrap",
     "pixel_ap",
     "pixel_auroc",
     "pixel_auroc_and_pro",
@@ -480,3 +481,37 @@ def evaluate_detection(
         )
     result.update(fpr=fpr, fnr=fnr)
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# uncertainty
+# --------------------------------------------------------------------------------------------------
+
+
+def paired_bootstrap(
+    measure: Callable[[IntArray], npt.ArrayLike], labels: npt.ArrayLike, rounds: int, seed: int = 0
+) -> npt.NDArray[np.float64]:
+    """``measure`` of ``rounds`` bootstrap resamples of a test set: (rounds, M).
+
+    ``measure`` takes the indices of one resample (with repeats) and returns M numbers. Images are
+    drawn with replacement within each label, so every resample keeps the test set's counts of good
+    and defective images and AUROC stays defined. For a comparison, ``measure`` returns one model's
+    metrics minus the other's on the same indices: the resamples then keep what the two share (both
+    find the same images hard), which two separate intervals would count as noise, and the spread of
+    the differences says how far a difference measured on this test set can be trusted.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    label_array = _as_binary(labels, "labels")
+    if label_array.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {label_array.shape}")
+    groups = [np.flatnonzero(label_array == value) for value in (False, True)]
+    groups = [group for group in groups if group.size]
+    if not groups:
+        raise ValueError("labels are empty")
+    rng = np.random.default_rng(seed)
+    results = []
+    for _ in range(rounds):
+        indices = np.concatenate([rng.choice(group, size=group.size, replace=True) for group in groups])
+        results.append(np.atleast_1d(np.asarray(measure(indices), dtype=np.float64)))
+    return np.stack(results)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import tracemalloc
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +21,7 @@ from services.vision.metrics import (
     evaluate_detection,
     f1_max,
     instance_ap,
+    paired_bootstrap,
     pixel_ap,
     pixel_auroc,
     pixel_auroc_and_pro,
@@ -425,3 +427,62 @@ def test_evaluate_detection_pixel_metrics_nan_without_defect_pixels() -> None:
     assert result["image_auroc"] == 1.0
     assert result["fpr"] == 0.0
     assert result["fnr"] == 0.5
+
+
+# --------------------------------------------------------------------------------------------------
+# paired bootstrap
+# --------------------------------------------------------------------------------------------------
+
+
+def test_paired_bootstrap_keeps_each_label_count_and_draws_within_it() -> None:
+    labels = np.array([0, 1, 0, 0, 1, 0, 1, 0])
+    seen: list[npt.NDArray[np.int64]] = []
+
+    def measure(indices: npt.NDArray[np.int64]) -> list[float]:
+        seen.append(indices)
+        return [float(labels[indices].sum())]
+
+    values = paired_bootstrap(measure, labels, rounds=50, seed=3)
+    assert values.shape == (50, 1)
+    assert np.all(values == 3)  # three defective images in every resample
+    assert all(len(indices) == 8 for indices in seen)
+    drawn = np.concatenate(seen)
+    assert set(drawn[labels[drawn] == 1]) == {1, 4, 6}  # every defective image drawn at some point
+    assert any(len(set(indices)) < 8 for indices in seen)  # with replacement
+
+
+def test_paired_bootstrap_of_a_model_against_itself_is_zero_and_against_chance_is_positive() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 100)
+    good_model = labels + rng.normal(0, 0.6, labels.size)  # AUROC about 0.88
+    coin = rng.normal(0, 1, labels.size)  # AUROC about 0.5
+
+    def against(other: npt.NDArray[np.float64]) -> Callable[[npt.NDArray[np.int64]], list[float]]:
+        return lambda i: [auroc(good_model[i], labels[i]) - auroc(other[i], labels[i])]
+
+    same = paired_bootstrap(against(good_model), labels, rounds=40)
+    assert np.all(same == 0)
+    better = paired_bootstrap(against(coin), labels, rounds=200, seed=1)[:, 0]
+    measured = auroc(good_model, labels) - auroc(coin, labels)
+    assert 0.25 < measured < 0.5
+    assert np.percentile(better, 2.5) > 0.1  # far from zero: the difference is real
+    assert abs(better.mean() - measured) < 0.02
+    assert 0.01 < better.std() < 0.06  # the textbook spread of an AUROC difference at 100 + 100
+
+
+def test_paired_bootstrap_spread_shrinks_with_more_images_and_repeats_with_its_seed() -> None:
+    rng = np.random.default_rng(5)
+
+    def spread(n: int) -> float:
+        labels = np.repeat([0, 1], n)
+        a = labels + rng.normal(0, 1, labels.size)
+        b = labels + rng.normal(0, 1, labels.size)
+        diffs = paired_bootstrap(lambda i: [auroc(a[i], labels[i]) - auroc(b[i], labels[i])], labels, 150)
+        return float(diffs.std())
+
+    assert spread(400) < 0.6 * spread(40)  # about 1/sqrt(10) of it
+    labels = np.array([0, 0, 1, 1, 1])
+    first = paired_bootstrap(lambda i: [float(i.sum())], labels, rounds=5, seed=9)
+    assert np.array_equal(first, paired_bootstrap(lambda i: [float(i.sum())], labels, rounds=5, seed=9))
+    with pytest.raises(ValueError, match="rounds"):
+        paired_bootstrap(lambda i: [0.0], labels, rounds=0)
