@@ -37,7 +37,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from engine_vs_anomalib import LAYERS, SETS, WEIGHTS  # noqa: E402
+from engine_vs_anomalib import SETS, peer_command  # noqa: E402
 
 from services.vision.evaluate import score_test_set  # noqa: E402
 from services.vision.inspector import Inspector  # noqa: E402
@@ -48,13 +48,7 @@ Side = dict[str, npt.NDArray[Any]]
 
 
 def run_peer(model: str, category: str, coreset: float, npz: Path) -> None:
-    command = [
-        str(ROOT / ".venv-bench" / "bin" / "python"),
-        str(ROOT / "benchmarks" / "peer_anomalib.py"),
-        *("--model", model, "--data", str(SETS[category]), "--category", category),
-        *("--weights", str(WEIGHTS), "--layers", *LAYERS, "--image-size", "256"),
-        *("--coreset", str(coreset), "--threads", "2", "--out", str(npz)),
-    ]
+    command = peer_command(model, category, SETS[category], coreset, npz)
     print(f"running the peer: {' '.join(command)}", flush=True)
     subprocess.run(command, check=True)
 

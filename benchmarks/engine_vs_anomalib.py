@@ -168,35 +168,22 @@ def linewatch_side(
     return row
 
 
+def peer_command(model: str, name: str, data: Path, coreset: float, npz: Path) -> list[str]:
+    """The peer's run on one set in its own environment, writing scores, maps and masks to ``npz``."""
+    return [
+        str(ROOT / ".venv-bench" / "bin" / "python"),
+        str(ROOT / "benchmarks" / "peer_anomalib.py"),
+        *("--model", model, "--data", str(data), "--category", name),
+        *("--weights", str(WEIGHTS), "--layers", *LAYERS, "--image-size", "256"),
+        *("--coreset", str(coreset), "--threads", "2", "--out", str(npz)),
+    ]
+
+
 def peer_side(model: str, name: str, data: Path, work: Path, coreset: float, log: Path) -> dict[str, Any]:
     from services.vision.metrics import evaluate_detection
 
     npz = work / f"peer-{model}-{name}.npz"
-    out, _, rss = run_measured(
-        [
-            str(ROOT / ".venv-bench" / "bin" / "python"),
-            str(ROOT / "benchmarks" / "peer_anomalib.py"),
-            "--model",
-            model,
-            "--data",
-            str(data),
-            "--category",
-            name,
-            "--weights",
-            str(WEIGHTS),
-            "--layers",
-            *LAYERS,
-            "--image-size",
-            "256",
-            "--coreset",
-            str(coreset),
-            "--threads",
-            "2",
-            "--out",
-            str(npz),
-        ],
-        log,
-    )
+    out, _, rss = run_measured(peer_command(model, name, data, coreset, npz), log)
     reported = json.loads(out.strip().splitlines()[-1])
     saved = np.load(npz)
     metrics = evaluate_detection(
