@@ -67,6 +67,9 @@ class TrainingInfo(BaseModel):
     # ``--position-weight auto``: the weight and top share chosen on held-out good images and painted
     # copies of them, with every candidate's scores (services/vision/position_choice.py)
     position_choice: dict[str, Any] | None = None
+    # good images the per-position Gaussians were estimated on: the fitted ones and, after the
+    # calibration, the held-out ones (None: no position statistics, or a card from before this)
+    position_images: int | None = None
 
 
 class ModelCard(BaseModel):

@@ -100,10 +100,15 @@ class PatchCoreModel(nn.Module):
             patches = patches @ self.projection
         return patches, (fused.shape[-2], fused.shape[-1])
 
-    def component_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    def component_scores(
+        self, images: torch.Tensor, collect: PositionStatistics | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         """Raw patch distances (B, h*w), per-position Mahalanobis distances (B, h*w) (empty without
-        position statistics) and the grid (h, w); the training code standardises them with these."""
+        position statistics) and the grid (h, w); the training code standardises them with these.
+        The images' position features are added to ``collect`` when it is given."""
         feature_maps = self.extractor(images)
+        if collect is not None:
+            collect.add(position_features(feature_maps))
         patches, grid = self._embed_maps(feature_maps)
         batch, n_patches, dim = patches.shape
         distances, _ = self._nearest(patches.reshape(-1, dim))
@@ -146,6 +151,17 @@ class PatchCoreModel(nn.Module):
         grid_scores = blend_scores(patch_scores, position_scores, self.score_norm, weight, self.params.blend)
         maps = patch_scores_to_map(grid_scores.view(-1, *grid), self.image_size, self.params.sigma)
         return top_share_mean(maps, self.params.image_top_share), maps, grid_scores
+
+    def set_position_statistics(self, mean: torch.Tensor, precision: torch.Tensor) -> None:
+        """Replace the per-position Gaussians (mean (P, C), precision (P, C, C)) with ones of the
+        same shape, e.g. estimated on more images."""
+        if mean.shape != self.position_mean.shape or precision.shape != self.position_precision.shape:
+            raise ValueError(
+                f"position statistics of shape {tuple(mean.shape)} / {tuple(precision.shape)} cannot replace"
+                f" {tuple(self.position_mean.shape)} / {tuple(self.position_precision.shape)}"
+            )
+        self.position_mean = _or_empty(mean)
+        self.position_precision = precision.half().contiguous()
 
     def _nearest(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each patch's exact nearest bank entry: distances (Q, 1) and indices (Q, 1)."""
@@ -251,6 +267,8 @@ class PositionStatistics:
         self.shift = self.total = self.outer = self.upper = torch.empty(0)
 
     def add(self, features: torch.Tensor) -> None:
+        if self.count and not self.outer.numel():
+            raise ValueError("these position statistics were consumed by an earlier estimate")
         if self.count == 0:
             self.shift = features.mean(dim=0)
             positions, channels = self.shift.shape
@@ -266,11 +284,13 @@ class PositionStatistics:
             self.outer[start : start + self.chunk] += products.index_select(1, self.upper)
         self.count += features.shape[0]
 
-    def precision(self, eps: float, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    def precision(self, eps: float, chunk: int = 64, keep: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean (P, C) and inverse covariance (P, C, C, float16), ridge ``eps``; the statistics are
-        consumed."""
+        consumed unless ``keep`` (then more images can be added and the estimate made again)."""
         if self.count < 2:
             raise ValueError("position statistics need at least 2 images")
+        if not self.outer.numel():
+            raise ValueError("these position statistics were consumed by an earlier estimate")
         n = self.count
         positions, channels = self.total.shape
         centred_mean = self.total / n
@@ -286,7 +306,8 @@ class PositionStatistics:
                 m = centred_mean[start : start + chunk]
                 cov = (block - n * m.unsqueeze(2) * m.unsqueeze(1)) / (n - 1) + eye
                 precision[start : start + chunk] = torch.linalg.inv(cov.double()).half()
-        self.outer = torch.empty(0)
+        if not keep:
+            self.outer = torch.empty(0)
         return self.shift + centred_mean, precision  # stored float16, scored in float32
 
 
@@ -310,8 +331,12 @@ def fit_patchcore(
     image_size: int,
     params: PatchCoreParams,
     progress: bool = True,
+    statistics: PositionStatistics | None = None,
 ) -> PatchCoreModel:
     """Build the memory bank from batches of good images (normalised tensors).
+
+    With a position weight the per-position Gaussians are estimated too, in ``statistics`` when it
+    is given (it is then kept, so that the caller can add images to it later), else in a fresh one.
 
     Memory stays bounded whatever the number of images: each image contributes at most
     ``max_candidates / n_images`` random patches, kept in float16, plus a float32 copy projected to
@@ -330,7 +355,11 @@ def fit_patchcore(
     projection: torch.Tensor | None = None
     guide_projection: torch.Tensor | None = None
     candidates = guide = torch.empty(0)
-    statistics = PositionStatistics() if params.position_weight > 0 else None
+    keep_statistics = statistics is not None
+    if params.position_weight <= 0:
+        statistics = None
+    elif statistics is None:
+        statistics = PositionStatistics()
     filled = 0
     with torch.inference_mode():
         for images in itertools.chain([first], batch_iter):
@@ -373,5 +402,5 @@ def fit_patchcore(
     release_free_memory()  # the candidate pool's pages, before the statistics are inverted
     if statistics is None:
         return PatchCoreModel(extractor, bank, image_size, params, projection)
-    mean, precision = statistics.precision(params.position_eps)
+    mean, precision = statistics.precision(params.position_eps, keep=keep_statistics)
     return PatchCoreModel(extractor, bank, image_size, params, projection, mean, precision)

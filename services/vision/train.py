@@ -29,7 +29,7 @@ from services.vision.dataset import (
 from services.vision.defects import DefectRules
 from services.vision.images import ImageError, load_image
 from services.vision.memory import release_free_memory
-from services.vision.patchcore import PatchCoreModel, PatchCoreParams, fit_patchcore
+from services.vision.patchcore import PatchCoreModel, PatchCoreParams, PositionStatistics, fit_patchcore
 from services.vision.position_choice import choose_blend
 from services.vision.spade import SpadeParams, fit_spade
 
@@ -111,12 +111,15 @@ class HeldOutScores:
     grid: tuple[int, int]
 
 
-def score_held_out(model: PatchCoreModel, batches: Iterable[LoadedBatch]) -> HeldOutScores:
+def score_held_out(
+    model: PatchCoreModel, batches: Iterable[LoadedBatch], collect: PositionStatistics | None = None
+) -> HeldOutScores:
+    """Score the held-out good images; their position features go into ``collect`` when given."""
     paths, patch, position = [], [], []
     grid = (0, 0)
     with torch.inference_mode():
         for batch in batches:
-            patch_scores, position_scores, grid = model.component_scores(batch.images)
+            patch_scores, position_scores, grid = model.component_scores(batch.images, collect)
             paths += batch.paths
             patch.append(patch_scores)
             position.append(position_scores)
@@ -171,6 +174,8 @@ def train(config: TrainConfig) -> ModelCard:
     auto = config.position_weight == "auto" and config.detector == "patchcore"  # SPADE has no positions
     position_choice: dict[str, Any] | None = None
     held: HeldOutScores | None = None  # the held-out images' distances, where the model has positions
+    # the per-position sums, kept after the fit so that the held-out images join them once calibrated
+    statistics = PositionStatistics() if config.detector == "patchcore" else None
     if auto and len(holdout_paths) < MIN_AUTO_HOLDOUT:
         auto = False
         position_choice = {
@@ -187,11 +192,13 @@ def train(config: TrainConfig) -> ModelCard:
             seed=config.seed,
         )
         patchcore = fit_patchcore(
-            extractor, batches, len(fit_paths), config.image_size, params, config.progress
+            extractor, batches, len(fit_paths), config.image_size, params, config.progress, statistics
         )
         release_free_memory()  # each phase of the fit frees what it used; see memory.py
         if patchcore.position_mean.numel():
-            held = score_held_out(patchcore, _batches(holdout_paths, config, skipped, "held-out scores"))
+            held = score_held_out(
+                patchcore, _batches(holdout_paths, config, skipped, "held-out scores"), statistics
+            )
             patchcore.score_norm.copy_(score_spreads(held))
         if auto and held is not None:
             release_free_memory()  # what the held-out pass freed
@@ -222,6 +229,14 @@ def train(config: TrainConfig) -> ModelCard:
         raise DatasetError("no held-out image could be decoded, cannot calibrate")
     image_calibration = fit_threshold(np.concatenate(image_scores), config.target_fpr, config.confidence)
     pixel_calibration = fit_threshold(np.concatenate(map_maxima), config.target_fpr, config.confidence)
+    position_images = None
+    if isinstance(model, PatchCoreModel) and model.uses_positions and statistics is not None:
+        # Calibrated, the held-out images join the Gaussians (as PaDiM fits on every good image).
+        # Out-of-sample Mahalanobis distances shrink as the estimate rests on more images, so the
+        # thresholds set on the held-out scores of the smaller estimate stay on the safe side.
+        model.set_position_statistics(*statistics.precision(model.params.position_eps))
+        position_images = statistics.count
+    statistics = None
     skipped_paths = {s.path for s in skipped}
     fit_seconds = time.perf_counter() - started
     fingerprint = training_fingerprint([p for p in paths if str(p) not in skipped_paths])
@@ -250,6 +265,7 @@ def train(config: TrainConfig) -> ModelCard:
             fit_seconds=round(fit_seconds, 2),
             created_at=created,
             position_choice=position_choice,
+            position_images=position_images,
         ),
     }
     release_free_memory()

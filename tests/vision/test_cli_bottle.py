@@ -11,13 +11,17 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 import services.vision.train as train_module
 from services.cli import main
+from services.vision.artifact import load_artifact
+from services.vision.dataset import iter_batches, list_train_images
 from services.vision.evaluate import score_test_set
 from services.vision.inspector import Inspector
 from services.vision.metrics import evaluate_detection
+from services.vision.patchcore import PatchCoreModel, position_features
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EVALUATE_KEYS = {
@@ -139,6 +143,30 @@ def test_commands_fail_clearly_on_a_missing_model(tmp_path: Path, capsys: pytest
     code = main(["evaluate", "--model", str(tmp_path / "absent"), "--data", str(tmp_path), "--category", "x"])
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_held_out_images_join_the_position_statistics_once_calibrated(
+    bottle_subset: Path, mobilenet_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The thresholds come from the held-out images scored by Gaussians fitted without them; the
+    saved Gaussians are then estimated on every usable training image, as PaDiM's are."""
+    model = tmp_path / "model"
+    code, _ = train_on(capsys, bottle_subset, mobilenet_weights, model, "--position-weight", "0.5")
+    assert code == 0
+    card = json.loads((model / "card.json").read_text())
+    training = card["training"]
+    assert (training["n_fit"], training["n_holdout"]) == (34, 6)  # of 40, the truncated file skipped
+    assert training["position_images"] == 40
+    assert card["image_calibration"]["n_scores"] == 6
+    detector, _ = load_artifact(model)
+    assert isinstance(detector, PatchCoreModel) and detector.uses_positions
+    paths = list_train_images(bottle_subset, "bottle")
+    features = []
+    with torch.inference_mode():
+        for batch in iter_batches(paths, 256, 8, []):
+            features.append(position_features(detector.extractor(batch.images)))
+    assert sum(len(f) for f in features) == 40
+    assert torch.allclose(detector.position_mean, torch.cat(features).mean(0), atol=1e-3)
 
 
 def test_train_with_the_position_weight_chosen_on_painted_defects(

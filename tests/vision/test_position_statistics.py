@@ -44,6 +44,26 @@ def test_streamed_statistics_match_the_direct_estimate() -> None:
         assert torch.allclose(precision[p].double(), expected, atol=1e-3, rtol=1e-3)
 
 
+def test_statistics_kept_after_an_estimate_take_more_images() -> None:
+    """Training estimates the Gaussians on the fitted images, scores the held-out ones with them,
+    then adds those and estimates again: the second estimate is that of all the images."""
+    generator = torch.Generator().manual_seed(1)
+    features = -2.0 + 0.5 * torch.randn(30, 3, 4, generator=generator)
+    stats = PositionStatistics()
+    stats.add(features[:20])
+    first_mean, first_precision = stats.precision(eps=0.01, keep=True)
+    assert torch.allclose(first_mean, features[:20].mean(0), atol=1e-5)
+    stats.add(features[20:])
+    mean, precision = stats.precision(eps=0.01)
+    assert stats.count == 30 and torch.allclose(mean, features.mean(0), atol=1e-5)
+    for p in range(3):
+        cov = torch.cov(features[:, p].double().T) + 0.01 * torch.eye(4, dtype=torch.float64)
+        assert torch.allclose(precision[p].double(), torch.linalg.inv(cov), atol=1e-3, rtol=1e-3)
+    assert not torch.allclose(precision, first_precision, atol=1e-2)
+    with pytest.raises(ValueError, match="consumed"):  # by the estimate without keep
+        stats.precision(eps=0.01)
+
+
 def test_too_few_images_for_statistics_is_refused() -> None:
     stats = PositionStatistics()
     stats.add(torch.zeros(1, 3, 2))
@@ -149,6 +169,14 @@ def test_scores_blended_from_the_two_distances_equal_the_models(blended: PatchCo
         patch, position, grid = blended.component_scores(images)
         again_scores, again_maps, _ = blended.blended_scores(patch, position, grid)
     assert torch.allclose(scores, again_scores) and torch.allclose(maps, again_maps)
+
+
+def test_position_statistics_of_another_shape_are_refused(blended: PatchCoreModel) -> None:
+    mean, precision = blended.position_mean, blended.position_precision
+    with pytest.raises(ValueError, match="cannot replace"):
+        blended.set_position_statistics(mean[:-1], precision[:-1])
+    blended.set_position_statistics(mean.clone(), precision.clone())  # the same shape is taken
+    assert blended.position_precision.dtype == torch.float16
 
 
 def test_zero_position_weight_keeps_plain_patchcore(extractor: FeatureExtractor) -> None:
