@@ -127,6 +127,11 @@ def run_train(args: argparse.Namespace) -> int:
             f" {chosen['image_top_share']:.1%},"
             f" chosen on {chosen['n_good']} held-out good images and {chosen['n_painted']} painted copies"
         )
+    if info.position_images is not None:
+        print(
+            f"  position statistics on {info.position_images} good images"
+            " (the held-out ones added once calibrated)"
+        )
     cal = card.image_calibration
     print(f"  image threshold {cal.threshold:.4f} ({cal.method}, target FPR {cal.target_fpr:.1%})")
     for skipped in info.skipped:

@@ -1,4 +1,5 @@
-"""Training a detector on good images: split, fit, calibrate on the held-out part, save the artifact."""
+"""Training a detector on good images: split, fit, calibrate on the held-out part, add that part to the
+per-position statistics (where the model has them), save the artifact."""
 
 from __future__ import annotations
 

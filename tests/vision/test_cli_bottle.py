@@ -151,8 +151,9 @@ def test_the_held_out_images_join_the_position_statistics_once_calibrated(
     """The thresholds come from the held-out images scored by Gaussians fitted without them; the
     saved Gaussians are then estimated on every usable training image, as PaDiM's are."""
     model = tmp_path / "model"
-    code, _ = train_on(capsys, bottle_subset, mobilenet_weights, model, "--position-weight", "0.5")
+    code, out = train_on(capsys, bottle_subset, mobilenet_weights, model, "--position-weight", "0.5")
     assert code == 0
+    assert "position statistics on 40 good images" in out
     card = json.loads((model / "card.json").read_text())
     training = card["training"]
     assert (training["n_fit"], training["n_holdout"]) == (34, 6)  # of 40, the truncated file skipped
