@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -283,6 +285,29 @@ class PositionStatistics:
             products = torch.bmm(block.transpose(1, 2), block).flatten(1)  # (chunk, C*C)
             self.outer[start : start + self.chunk] += products.index_select(1, self.upper)
         self.count += features.shape[0]
+
+    @contextmanager
+    def parked(self) -> Iterator[None]:
+        """Keep the sums of outer products in an anonymous temporary file instead of memory for the
+        duration (34 MB for 32x32 positions of 128 channels): training holds them, unused, through
+        the blend choice, the phase of a fit whose memory peaks highest."""
+        if not self.outer.numel():
+            yield
+            return
+        shape = self.outer.shape
+        with tempfile.TemporaryFile(prefix="linewatch-statistics-") as spill:
+            spill.write(self.outer.numpy().tobytes())
+            self.outer = torch.empty(0)
+            release_free_memory()
+            try:
+                yield
+            finally:
+                spill.seek(0)
+                outer = torch.empty(shape)
+                wanted = outer.numel() * outer.element_size()
+                if spill.readinto(outer.numpy().data.cast("B")) != wanted:
+                    raise OSError("the parked position statistics could not be read back in full")
+                self.outer = outer
 
     def precision(self, eps: float, chunk: int = 64, keep: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean (P, C) and inverse covariance (P, C, C, float16), ridge ``eps``; the statistics are

@@ -7,6 +7,7 @@ import hashlib
 import random
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -203,7 +204,8 @@ def train(config: TrainConfig) -> ModelCard:
             patchcore.score_norm.copy_(score_spreads(held))
         if auto and held is not None:
             release_free_memory()  # what the held-out pass freed
-            position_choice = choose_position_weight(patchcore, held, config)
+            with statistics.parked() if statistics is not None else nullcontext():
+                position_choice = choose_position_weight(patchcore, held, config)
         model, params = patchcore, patchcore.params  # as fitted, e.g. the balanced layer weights
     elif config.detector == "spade":
         params = SpadeParams(seed=config.seed)

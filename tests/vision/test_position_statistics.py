@@ -64,6 +64,21 @@ def test_statistics_kept_after_an_estimate_take_more_images() -> None:
         stats.precision(eps=0.01)
 
 
+def test_parked_statistics_come_back_unchanged() -> None:
+    """Training parks the sums in a temporary file through the blend choice."""
+    features = torch.randn(6, 5, 3, generator=torch.Generator().manual_seed(2))
+    stats = PositionStatistics()
+    stats.add(features)
+    before = stats.outer.clone()
+    with stats.parked():
+        assert stats.outer.numel() == 0  # out of memory while parked
+    assert torch.equal(stats.outer, before)
+    mean, _ = stats.precision(eps=0.01)
+    with stats.parked():  # consumed: nothing to park
+        pass
+    assert torch.allclose(mean, features.mean(0), atol=1e-5)
+
+
 def test_too_few_images_for_statistics_is_refused() -> None:
     stats = PositionStatistics()
     stats.add(torch.zeros(1, 3, 2))
