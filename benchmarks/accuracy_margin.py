@@ -14,7 +14,7 @@ linewatch is at least as good says how often a test set like this one would rank
 
 The peer runs in its own environment (`.venv-bench`, see benchmarks/peer_anomalib.py) unless
 ``--peer-npz`` names a file it wrote before. Each draw recomputes every metric at full resolution
-(about 1.3 s per side on magnetic tile), so 400 draws take about 18 minutes. Prints one table and
+(about 1 s per side on magnetic tile), so 400 draws take about 14 minutes (4 on bottle). Prints one table and
 writes benchmarks/results/accuracy_margin_<category>_<peer>.json.
 """
 

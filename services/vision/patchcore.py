@@ -290,13 +290,13 @@ class PositionStatistics:
     def parked(self) -> Iterator[None]:
         """Keep the sums of outer products in an anonymous temporary file instead of memory for the
         duration (34 MB for 32x32 positions of 128 channels): training holds them, unused, through
-        the blend choice, the phase of a fit whose memory peaks highest."""
+        the blend choice, which peaked highest of a fit's phases with them in memory."""
         if not self.outer.numel():
             yield
             return
         shape = self.outer.shape
         with tempfile.TemporaryFile(prefix="linewatch-statistics-") as spill:
-            spill.write(self.outer.numpy().tobytes())
+            spill.write(self.outer.numpy().data)  # the tensor's own memory, not a copy of it
             self.outer = torch.empty(0)
             release_free_memory()
             try:
