@@ -48,6 +48,8 @@ from line_throughput import (
 )
 from tqdm import tqdm
 
+from services.inference.process import ProcessInference
+from services.inference.urls import open_inference
 from services.storage.sqlite_record_store import SqliteRecordStore
 from services.storage.stores import open_blob_store
 from services.stream.runtime import Line, LineOptions
@@ -72,7 +74,8 @@ def rss_mb() -> float:
 
 def line_mb(line: Line, key: str) -> float:
     """``key`` summed over this process and the line's running detector processes."""
-    workers = [w.pid for w in line.detector_processes if w.pid is not None]
+    processes = line.inference.workers if isinstance(line.inference, ProcessInference) else []
+    workers = [w.pid for w in processes if w.pid is not None]
     return status_mb(key) + sum(status_mb(key, pid) for pid in workers)
 
 
@@ -169,7 +172,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--detector-threads-only",
         action="store_true",
-        help="run the line's detectors as threads of this process (LineOptions.detector_processes=False)",
+        help="run the line's detectors as threads of this process (inference local:// for process://)",
     )
     parser.add_argument("--work", type=Path, help="where the stores go (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=RESULTS / "line_soak.json")
@@ -179,7 +182,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    options = LineOptions(keep_frames=args.keep_frames, detector_processes=not args.detector_threads_only)
+    options = LineOptions(keep_frames=args.keep_frames)
+    inference = "local://" if args.detector_threads_only else "process://"  # `linewatch run` uses processes
     with tempfile.TemporaryDirectory(prefix="line-soak-", dir=args.work) as tmp:
         work = Path(tmp)
         inspector, model_dir = load_or_train(args.model, work, args.train_parts, args.seed)
@@ -189,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         records = SqliteRecordStore(work / "records.db")
         blobs = open_blob_store((work / "blobs").as_uri(), group_commit=True)  # as `linewatch run` opens it
         try:
-            line = Line([frames], [process], {rendered.recipe: inspector}, records, blobs, options)
+            port = open_inference(inference, {rendered.recipe: inspector}, options.max_batch)
+            line = Line([frames], [process], port, records, blobs, options)
             with RssSampler(line, args.every, args.frames) as sampler:
                 summary = asyncio.run(line.run())
             stored = records.count_inspections()
@@ -250,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             "every": args.every,
             "size": args.size,
             "model": str(args.model or model_dir),
-            "line": asdict(options) | {"cameras": None},
+            "line": asdict(options) | {"cameras": None, "lines": None, "inference": inference},
         },
         "summary": summary_row,
         "first_quarter": {

@@ -52,13 +52,16 @@ from tqdm import tqdm
 import services
 from schemas.dead_letter import DeadLetter
 from schemas.process import ProcessSample
+from services.inference.local import detector_plan, set_torch_threads
+from services.inference.process import ProcessInference
+from services.inference.urls import open_inference
 from services.ingest.frame_ids import replay_frame_id
 from services.ingest.ports import CapturedFrame
 from services.ingest.synthetic import DEFAULT_START, ProcessState, SyntheticLine, write_dataset
+from services.steps.admit import encode_frame
 from services.storage.sqlite_record_store import SqliteRecordStore
 from services.storage.stores import open_blob_store
-from services.stream.runtime import Line, LineOptions, detector_plan, set_torch_threads
-from services.stream.steps import encode_frame
+from services.stream.runtime import Line, LineOptions
 from services.stream.summary import LineSummary
 from services.vision.artifact import CARD_FILE
 from services.vision.images import decode_image
@@ -315,7 +318,7 @@ def run_bare_split(
 
 
 def run_line(
-    inspector: Inspector, rendered: Rendered, count: int, options: LineOptions, work: Path
+    inspector: Inspector, rendered: Rendered, count: int, options: LineOptions, inference: str, work: Path
 ) -> tuple[Run, Line]:
     """The embedded line over ``count`` frames into fresh stores under ``work``."""
     frames = MemoryFrameSource(rendered, count, tag="line")
@@ -323,7 +326,8 @@ def run_line(
     records = SqliteRecordStore(work / "records.db")
     blobs = open_blob_store((work / "blobs").as_uri(), group_commit=True)  # as `linewatch run` opens it
     try:
-        line = Line([frames], [process], {rendered.recipe: inspector}, records, blobs, options)
+        port = open_inference(inference, {rendered.recipe: inspector}, options.max_batch)
+        line = Line([frames], [process], port, records, blobs, options)
         with Meter() as meter:
             summary = asyncio.run(line.run())
         stored = records.count_inspections()
@@ -334,7 +338,8 @@ def run_line(
     latencies = list(summary.latencies_ms)
     # this process's CPU and what its detector processes used after starting (their start-up, timed
     # apart as LineSummary.startup_s, is not the line's throughput)
-    cpu = meter.cpu + sum(worker.run_cpu_s for worker in line.detector_processes)
+    workers = line.inference.workers if isinstance(line.inference, ProcessInference) else []
+    cpu = meter.cpu + sum(worker.run_cpu_s for worker in workers)
     return Run("line", summary.inspected, summary.wall_s, cpu, meter.others_share, latencies), line
 
 
@@ -402,14 +407,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--detectors", type=int, help="LineOptions.detectors (default: the line's)")
+    parser.add_argument("--detectors", type=int, help="detectors of the inference port (default: its own)")
     parser.add_argument(
-        "--detector-threads", type=int, help="LineOptions.detector_threads (default: the line's)"
+        "--detector-threads", type=int, help="torch threads per detector (default: the port's own)"
     )
     parser.add_argument(
         "--detector-threads-only",
         action="store_true",
-        help="run the line's detectors as threads of this process (LineOptions.detector_processes=False)",
+        help="run the line's detectors as threads of this process (inference local:// for process://)",
     )
     parser.add_argument("--work", type=Path, help="where the stores go (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=RESULTS / "line_throughput.json")
@@ -436,12 +441,12 @@ def summarise(runs: list[Run], kind: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    options = LineOptions(
-        detectors=args.detectors,
-        detector_threads=args.detector_threads,
-        detector_processes=not args.detector_threads_only,  # `linewatch run` and `demo` use processes
+    options = LineOptions()
+    plan = detector_plan(args.detectors, args.detector_threads, args.threads)
+    # `linewatch run` and `demo` use detector processes
+    inference = (
+        f"{'local' if args.detector_threads_only else 'process'}://?detectors={plan[0]}&threads={plan[1]}"
     )
-    plan = detector_plan(options, args.threads)
     print(f"line: {plan[0]} detector thread(s) with {plan[1]} torch thread(s) each; bare: {args.threads}")
     rounds: list[tuple[Run, Run, Run]] = []
     steps: list[dict[str, dict[str, float]]] = []
@@ -453,7 +458,9 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.rounds):
             bare_one = run_bare(inspector, rendered, args.frames, options.max_batch)
             bare_split = run_bare_split(inspector, rendered, args.frames, options.max_batch, plan)
-            line_run, line = run_line(inspector, rendered, args.frames, options, work / f"line-{round_}")
+            line_run, line = run_line(
+                inspector, rendered, args.frames, options, inference, work / f"line-{round_}"
+            )
             rounds.append((bare_one, bare_split, line_run))
             steps.append(step_means_ms(line))
             print(
@@ -512,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_others": args.max_others,
             "model": str(args.model or model_dir),
             "train_parts": args.train_parts,
-            "line": asdict(options) | {"cameras": None},
+            "line": asdict(options) | {"cameras": None, "lines": None, "inference": inference},
             "detectors": dict(zip(("detectors", "torch_threads_each"), plan, strict=True)),
         },
         "bare": bare_summary,

@@ -1,5 +1,6 @@
 """Dead letters: input that could not be decoded, joined or inspected, kept with the reason."""
 
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, ConfigDict, Field
@@ -47,3 +48,15 @@ class DeadLetter(Record):
 def reason_code(letter: DeadLetter) -> str:
     """The code a dead letter was rejected for (the text before the first colon of its reason)."""
     return letter.reason.partition(":")[0].strip() or "unknown"
+
+
+def reject(step: str, code: str, detail: str, original_ref: str, frame_id: str | None = None) -> DeadLetter:
+    """A dead letter from ``step`` (ingest, decode, process, inspect, store) for reason ``code``:
+    its reason reads ``"<code>: <detail>"``."""
+    return DeadLetter(
+        source=step,
+        reason=f"{code}: {detail}",
+        original_ref=original_ref or "<none>",
+        frame_id=frame_id,
+        failed_at=datetime.now(UTC),
+    )

@@ -13,7 +13,7 @@ from services.vision.backbone import BackboneError
 from services.vision.dataset import DatasetError
 from services.vision.images import ImageError
 
-COMMAND_MODULES = ("services.vision.commands", "services.stream.commands", "services.api.commands")
+COMMAND_MODULES = ("services.commands.vision", "services.commands.line", "services.commands.serve")
 USER_ERRORS = (ArtifactError, BackboneError, DatasetError, ImageError, FileNotFoundError)
 
 

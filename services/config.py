@@ -21,7 +21,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from services.api.settings import ApiSettings
 from services.ingest.ports import FrameContext
-from services.stream.runtime import MIB, LineOptions
+from services.steps.admit import MIB
+from services.stream.options import LineOptions
 
 
 def _api_settings(value: Any) -> Any:
@@ -66,10 +67,17 @@ class LinewatchSettings(BaseSettings):
     process: ProcessSettings = Field(default_factory=ProcessSettings)
     keep_frames: bool = Field(default=True, description="False: delete raw frames once inspected")
     cameras: list[str] = Field(default_factory=list, description="Known cameras; empty: any camera")
+    lines: list[str] = Field(default_factory=list, description="Known lines; empty: any line")
     max_frame_mib: float = Field(default=64.0, gt=0, description="Larger frames are dead letters")
+    inference: str | None = Field(
+        default=None,
+        description="Where frames are scored: local:// (threads), process:// (worker processes); "
+        "default process:// (local:// when detector_processes is false)",
+    )
     detector_processes: bool = Field(
         default=True,
-        description="Run each detector in a worker process of its own (false: threads of this process)",
+        description="Run each detector in a worker process of its own (false: threads of this process); "
+        "inference, when set, decides instead",
     )
     api: Annotated[ApiSettings, BeforeValidator(_api_settings)] = Field(default_factory=ApiSettings)
 
@@ -99,9 +107,13 @@ class LinewatchSettings(BaseSettings):
             clock_skew_s=self.process.clock_skew_s,
             keep_frames=self.keep_frames,
             cameras=frozenset(self.cameras) if self.cameras else None,
+            lines=frozenset(self.lines) if self.lines else None,
             max_frame_bytes=int(self.max_frame_mib * MIB),
-            detector_processes=self.detector_processes,
         )
+
+    def inference_url(self) -> str:
+        """The inference port's URL: ``inference`` when set, else from ``detector_processes``."""
+        return self.inference or ("process://" if self.detector_processes else "local://")
 
 
 def load_settings(path: Path | None = None) -> LinewatchSettings:

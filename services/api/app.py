@@ -12,8 +12,10 @@ from services.api.limits import BodySizeLimitMiddleware
 from services.api.metrics import ApiMetrics, RequestMetricsMiddleware
 from services.api.routes import dashboard, docs, health, inspect, inspections, line
 from services.api.settings import ApiSettings
+from services.inference.ports import InferencePort
+from services.steps.admit import AdmissionRules
+from services.steps.join import ProcessHistory
 from services.storage.ports import BlobStore, RecordStore
-from services.vision.inspector import Inspector
 
 DESCRIPTION = """\
 Inspect frames from AOI machines and read back what the line found.
@@ -27,14 +29,20 @@ def create_app(
     settings: ApiSettings,
     records: RecordStore,
     blobs: BlobStore,
-    inspector: Inspector | None = None,
+    inference: InferencePort | None = None,
     registry: CollectorRegistry | None = None,
     line_status: Callable[[], dict[str, Any]] | None = None,
+    rules: AdmissionRules | None = None,
+    history: ProcessHistory | None = None,
 ) -> FastAPI:
-    """The API over ``records`` and ``blobs``; without ``inspector``, POST /v1/inspect answers 503.
+    """The API over ``records`` and ``blobs``; without ``inference``, POST /v1/inspect answers 503.
 
-    ``registry`` holds the running line's metrics for ``/metrics``; ``line_status()`` adds the line's
-    own state to ``/v1/status``.
+    ``inference`` must be usable from the request's loop (an
+    :class:`~services.inference.thread.InferenceThread`, started by the caller). ``rules`` are what
+    an uploaded frame must satisfy (default: a recipe the inference port has a model for);
+    ``history`` the running line's process history, joined to each upload. ``registry`` holds the
+    running line's metrics for ``/metrics``; ``line_status()`` adds the line's own state to
+    ``/v1/status``.
     """
     if settings.auth_required and not settings.key_hashes:
         raise ValueError(
@@ -43,7 +51,11 @@ def create_app(
         )
     app = FastAPI(title="linewatch", description=DESCRIPTION, docs_url=None, redoc_url=None)
     metrics = ApiMetrics()
-    app.state.linewatch = ApiContext(settings, records, blobs, inspector, metrics, registry, line_status)
+    if rules is None:
+        rules = AdmissionRules(recipes=inference.recipes if inference is not None else frozenset())
+    app.state.linewatch = ApiContext(
+        settings, records, blobs, inference, metrics, rules, registry, line_status, history
+    )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: counts the 413s too
     app.include_router(health.router)

@@ -1,8 +1,7 @@
-"""What every request handler needs (stores, model, metrics), kept on the app and handed out by Depends."""
+"""What every request handler needs (stores, inference, metrics), kept on the app, handed out by Depends."""
 
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -10,8 +9,10 @@ from prometheus_client import CollectorRegistry
 
 from services.api.metrics import ApiMetrics
 from services.api.settings import ApiSettings
+from services.inference.ports import InferencePort
+from services.steps.admit import AdmissionRules
+from services.steps.join import ProcessHistory
 from services.storage.ports import BlobStore, RecordStore
-from services.vision.inspector import Inspector
 
 
 @dataclass
@@ -19,11 +20,12 @@ class ApiContext:
     settings: ApiSettings
     records: RecordStore
     blobs: BlobStore
-    inspector: Inspector | None
+    inference: InferencePort | None  # None: POST /v1/inspect answers 503
     metrics: ApiMetrics
+    rules: AdmissionRules  # what an uploaded frame must satisfy (the line's own rules beside a line)
     registry: CollectorRegistry | None = None
     line_status: Callable[[], dict[str, Any]] | None = None
-    inference_lock: threading.Lock = field(default_factory=threading.Lock)  # one batch on the model at a time
+    history: ProcessHistory | None = None  # the running line's process history, joined to uploads
 
 
 def get_context(request: Request) -> ApiContext:

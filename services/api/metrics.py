@@ -31,7 +31,7 @@ class ApiMetrics:
         )
         self.rejected_frames = Counter(
             "linewatch_api_rejected_frames",
-            "Uploaded frames that could not be decoded (each one is also a dead letter)",
+            "Uploaded frames refused (each one is also a dead letter; unknown/unknown: too large to read)",
             ["line_id", "camera_id"],
             registry=self.registry,
         )

@@ -15,9 +15,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from schemas.dead_letter import DeadLetter
+from schemas.dead_letter import DeadLetter, reject
 from schemas.process import ProcessSample
-from services.stream.rejects import reject
 
 REQUIRED_COLUMNS = ("ts", "machine_id")
 

@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from schemas.dead_letter import DeadLetter
+from schemas.dead_letter import DeadLetter, reject
 from services.ingest.frame_ids import replay_frame_id
 from services.ingest.pacing import Pacer
 from services.ingest.ports import CapturedFrame, FrameContext
-from services.stream.rejects import reject
 from services.vision.images import IMAGE_SUFFIXES
 
 

@@ -25,18 +25,25 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import cast
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
-from services.ingest.csv_replay import CsvProcessSource
-from services.ingest.folder import FolderSource
+from services.adapters import load_adapter
 from services.ingest.ports import FrameContext, FrameSource, ProcessSource
-from services.ingest.simulator_source import SimulatorSource
-from services.ingest.synthetic import SyntheticLine
-from services.ingest.synthetic_source import SyntheticSource
-from services.ingest.video import VideoSource
 
-FRAME_SCHEMES = ("folder", "video", "camera", "rtsp", "synthetic")
-PROCESS_SCHEMES = ("csv", "simulator")
+# scheme → the function below that opens it; each imports its adapter only when called
+FRAME_SOURCES = {
+    scheme: f"services.ingest.urls:_{name}"
+    for scheme, name in (
+        ("folder", "folder"),
+        ("video", "video"),
+        ("camera", "camera"),
+        ("rtsp", "rtsp"),
+        ("rtsps", "rtsp"),
+        ("synthetic", "synthetic"),
+    )
+}
+PROCESS_SOURCES = {"csv": "services.ingest.urls:_csv", "simulator": "services.ingest.urls:_simulator"}
 CONTEXT_PARAMS = {"camera": "camera_id", "recipe": "recipe", "line": "line_id", "station": "station_id"}
 TRUE = ("1", "true", "yes", "on")
 
@@ -82,68 +89,80 @@ def _drift(params: dict[str, str]) -> str | None:
 
 def open_frame_source(url: str, context: FrameContext | None = None) -> FrameSource:
     """The frame source named by ``url``; ``context`` gives the names its frames carry by default."""
-    context = context or FrameContext()
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme == "folder":
-        params = _params(parts.query, url, {*CONTEXT_PARAMS, "rate", "loop"})
-        loop = params.get("loop", "0").lower() in TRUE
-        return FolderSource(_path(parts, url), _context(context, params), _rate(params), loop)
-    if scheme == "video":
-        params = _params(parts.query, url, {*CONTEXT_PARAMS, "rate", "start"})
-        return VideoSource(_path(parts, url), _context(context, params), _rate(params), _start(params))
-    if scheme == "camera":
-        params = _params(parts.query, url, {*CONTEXT_PARAMS, "rate"})
-        if not parts.netloc.isdigit():
-            raise ValueError(f"{url!r}: expected a camera index, e.g. camera://0")
-        return VideoSource(int(parts.netloc), _context(context, params), _rate(params))
-    if scheme in ("rtsp", "rtsps"):
-        params = _params(parts.fragment, url, set(CONTEXT_PARAMS))
-        return VideoSource(url.partition("#")[0], _context(context, params))
-    if scheme == "synthetic":
-        allowed = {
-            *CONTEXT_PARAMS,
-            "seed",
-            "parts",
-            "cameras",
-            "period",
-            "drift",
-            "size",
-            "start",
-            "realtime",
-        }
-        params = _params(parts.query, url, allowed)
-        return SyntheticSource(
-            seed=int(params.get("seed", "0")),
-            parts=int(params["parts"]) if "parts" in params else None,
-            realtime=params.get("realtime", "0").lower() in TRUE,
-            station_id=params.get("station", context.station_id),
-            camera_ids=params.get("cameras", params.get("camera", context.camera_id)).split(","),
-            recipe=params.get("recipe", "housing-A"),  # the synthetic line makes its own recipes only
-            frame_period_s=float(params.get("period", "0.5")),
-            size=int(params.get("size", "256")),
-            line_id=params.get("line", context.line_id),
-            start=_start(params),
-            drift=_drift(params),
-        )
-    raise ValueError(
-        f"unsupported frame source {url!r}: scheme {scheme!r} is not one of {', '.join(FRAME_SCHEMES)}"
+    opener = load_adapter(FRAME_SOURCES, url, "frame source", "folder:///data/frames")
+    return cast(FrameSource, opener(urlsplit(url), url, context or FrameContext()))
+
+
+def _folder(parts: SplitResult, url: str, context: FrameContext) -> FrameSource:
+    from services.ingest.folder import FolderSource
+
+    params = _params(parts.query, url, {*CONTEXT_PARAMS, "rate", "loop"})
+    loop = params.get("loop", "0").lower() in TRUE
+    return FolderSource(_path(parts, url), _context(context, params), _rate(params), loop)
+
+
+def _video(parts: SplitResult, url: str, context: FrameContext) -> FrameSource:
+    from services.ingest.video import VideoSource
+
+    params = _params(parts.query, url, {*CONTEXT_PARAMS, "rate", "start"})
+    return VideoSource(_path(parts, url), _context(context, params), _rate(params), _start(params))
+
+
+def _camera(parts: SplitResult, url: str, context: FrameContext) -> FrameSource:
+    from services.ingest.video import VideoSource
+
+    params = _params(parts.query, url, {*CONTEXT_PARAMS, "rate"})
+    if not parts.netloc.isdigit():
+        raise ValueError(f"{url!r}: expected a camera index, e.g. camera://0")
+    return VideoSource(int(parts.netloc), _context(context, params), _rate(params))
+
+
+def _rtsp(parts: SplitResult, url: str, context: FrameContext) -> FrameSource:
+    from services.ingest.video import VideoSource
+
+    params = _params(parts.fragment, url, set(CONTEXT_PARAMS))
+    return VideoSource(url.partition("#")[0], _context(context, params))
+
+
+def _synthetic(parts: SplitResult, url: str, context: FrameContext) -> FrameSource:
+    from services.ingest.synthetic_source import SyntheticSource
+
+    allowed = {*CONTEXT_PARAMS, "seed", "parts", "cameras", "period", "drift", "size", "start", "realtime"}
+    params = _params(parts.query, url, allowed)
+    return SyntheticSource(
+        seed=int(params.get("seed", "0")),
+        parts=int(params["parts"]) if "parts" in params else None,
+        realtime=params.get("realtime", "0").lower() in TRUE,
+        station_id=params.get("station", context.station_id),
+        camera_ids=params.get("cameras", params.get("camera", context.camera_id)).split(","),
+        recipe=params.get("recipe", "housing-A"),  # the synthetic line makes its own recipes only
+        frame_period_s=float(params.get("period", "0.5")),
+        size=int(params.get("size", "256")),
+        line_id=params.get("line", context.line_id),
+        start=_start(params),
+        drift=_drift(params),
     )
 
 
 def open_process_source(url: str, line_id: str = "line-1") -> ProcessSource:
     """The process source named by ``url``; its samples belong to ``line_id`` unless ``line`` says."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme == "csv":
-        params = _params(parts.query, url, {"line"})
-        return CsvProcessSource(_path(parts, url), params.get("line", line_id))
-    if scheme == "simulator":
-        params = _params(parts.query, url, {"seed", "line", "machine", "samples", "start", "drift"})
-        seed, line_id = int(params.get("seed", "0")), params.get("line", line_id)
-        line = SyntheticLine(seed=seed, line_id=line_id, start=_start(params), drift=_drift(params))
-        samples = int(params["samples"]) if "samples" in params else None
-        return SimulatorSource(line.process, line.line_id, params.get("machine", line.machine_id), samples)
-    raise ValueError(
-        f"unsupported process source {url!r}: scheme {scheme!r} is not one of {', '.join(PROCESS_SCHEMES)}"
-    )
+    opener = load_adapter(PROCESS_SOURCES, url, "process source", "csv:///data/process.csv")
+    return cast(ProcessSource, opener(urlsplit(url), url, line_id))
+
+
+def _csv(parts: SplitResult, url: str, line_id: str) -> ProcessSource:
+    from services.ingest.csv_replay import CsvProcessSource
+
+    params = _params(parts.query, url, {"line"})
+    return CsvProcessSource(_path(parts, url), params.get("line", line_id))
+
+
+def _simulator(parts: SplitResult, url: str, line_id: str) -> ProcessSource:
+    from services.ingest.simulator_source import SimulatorSource
+    from services.ingest.synthetic import SyntheticLine
+
+    params = _params(parts.query, url, {"seed", "line", "machine", "samples", "start", "drift"})
+    seed, line_id = int(params.get("seed", "0")), params.get("line", line_id)
+    line = SyntheticLine(seed=seed, line_id=line_id, start=_start(params), drift=_drift(params))
+    samples = int(params["samples"]) if "samples" in params else None
+    return SimulatorSource(line.process, line.line_id, params.get("machine", line.machine_id), samples)

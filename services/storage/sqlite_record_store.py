@@ -130,6 +130,11 @@ class SqliteRecordStore:
         )
         return [DeadLetter.model_validate_json(record) for (record,) in rows]
 
+    def count_dead_letters(self) -> int:
+        """How many dead letters are stored (from every runtime that writes here)."""
+        ((count,),) = self._read("SELECT COUNT(*) FROM dead_letters", [])
+        return int(count)
+
     def add_alert(self, alert: Alert) -> None:
         """Store an alert; adding the same ``alert_id`` again replaces it."""
         row = (alert.alert_id, sql.to_us(alert.raised_at), alert.line_id, alert.kind, alert.model_dump_json())

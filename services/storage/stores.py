@@ -1,39 +1,42 @@
 """Open a store by URL, the way every linewatch setting names one: ``sqlite:///runs/records.db``
-(relative; ``sqlite:////abs/path.db`` is absolute) or ``file:///var/linewatch/blobs``."""
+(relative; ``sqlite:////abs/path.db`` is absolute) or ``file:///var/linewatch/blobs``.
 
+Each scheme's adapter is imported only when a URL with that scheme is opened."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from services.adapters import load_adapter
 from services.storage.ports import BlobStore, RecordStore
-from services.storage.sqlite_record_store import SqliteRecordStore
-from services.storage.tiered_blob_store import TieredBlobStore
-from services.storage.urls import file_url_to_path, sqlite_url_to_path
 
-RECORD_STORE_SCHEMES = ("sqlite",)
-BLOB_STORE_SCHEMES = ("file",)
+RECORD_STORES = {"sqlite": "services.storage.stores:_sqlite_records"}
+BLOB_STORES = {"file": "services.storage.stores:_file_blobs"}
 
 
-def _scheme(url: str) -> str:
-    scheme, colon, _ = url.partition(":")
-    return scheme.lower() if colon else ""
+def _sqlite_records(url: str) -> RecordStore:
+    from services.storage.sqlite_record_store import SqliteRecordStore
+    from services.storage.urls import sqlite_url_to_path
+
+    return SqliteRecordStore(sqlite_url_to_path(url))
+
+
+def _file_blobs(url: str, group_commit: bool) -> BlobStore:
+    from services.storage.tiered_blob_store import TieredBlobStore
+    from services.storage.urls import file_url_to_path
+
+    return TieredBlobStore.at(file_url_to_path(url), group_commit=group_commit)
 
 
 def open_record_store(url: str) -> RecordStore:
     """The record store named by ``url``; supported schemes: sqlite."""
-    scheme = _scheme(url)
-    if scheme == "sqlite":
-        return SqliteRecordStore(sqlite_url_to_path(url))
-    raise ValueError(
-        f"unsupported record store URL {url!r}: scheme {scheme!r} is not one of "
-        f"{', '.join(s + '://' for s in RECORD_STORE_SCHEMES)} (e.g. sqlite:///runs/records.db)"
-    )
+    opener = load_adapter(RECORD_STORES, url, "record store URL", "sqlite:///runs/records.db")
+    return cast(RecordStore, opener(url))
 
 
 def open_blob_store(url: str, group_commit: bool = False) -> BlobStore:
     """The blob store named by ``url``; supported schemes: file (frames as files under the
     directory, heat maps and other small blobs in its ``small-blobs.db``). With ``group_commit``
     puts become durable at the store's ``sync`` (the line calls it once per group of records)."""
-    scheme = _scheme(url)
-    if scheme == "file":
-        return TieredBlobStore.at(file_url_to_path(url), group_commit=group_commit)
-    raise ValueError(
-        f"unsupported blob store URL {url!r}: scheme {scheme!r} is not one of "
-        f"{', '.join(s + '://' for s in BLOB_STORE_SCHEMES)} (e.g. file:///var/linewatch/blobs)"
-    )
+    opener = load_adapter(BLOB_STORES, url, "blob store URL", "file:///var/linewatch/blobs")
+    return cast(BlobStore, opener(url, group_commit))

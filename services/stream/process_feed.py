@@ -15,7 +15,7 @@ from datetime import datetime
 from schemas.dead_letter import DeadLetter
 from schemas.process import ProcessSample
 from services.ingest.ports import ProcessSource
-from services.stream.process_join import ProcessHistory
+from services.steps.join import ProcessHistory
 
 log = logging.getLogger(__name__)
 

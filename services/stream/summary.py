@@ -24,6 +24,9 @@ class LineSummary:
     startup_s: float = 0.0  # starting the detectors (worker processes load their models), before wall_s
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW), repr=False)
     stopped_by: str | None = None  # why the line stopped on its own (e.g. the blob store is full)
+    # dead letters in the record store at the end, from every writer (the line, API uploads, earlier
+    # runs); None when not counted
+    stored_dead_letters: int | None = None
 
     @property
     def ng_rate(self) -> float:
@@ -42,6 +45,13 @@ class LineSummary:
         """How long the detectors took to start, when that was worth saying (worker processes)."""
         return f" (after {self.startup_s:.1f} s starting the detectors)" if self.startup_s >= 0.05 else ""
 
+    def _stored_letters(self) -> str:
+        """The record store's own count of dead letters, when it holds others than this run's line's."""
+        own = sum(self.dead_letters.values())
+        if self.stored_dead_letters is None or self.stored_dead_letters == own:
+            return ""
+        return f"; {self.stored_dead_letters} in the record store in all (API uploads, earlier runs)"
+
     def lines(self) -> list[str]:
         """The summary as printed by ``linewatch demo`` and ``linewatch run``."""
         reasons = ", ".join(f"{code} {n}" for code, n in sorted(self.dead_letters.items())) or "none"
@@ -52,7 +62,7 @@ class LineSummary:
         out = [
             f"frames        {frames}",
             f"NG rate       {self.ng_rate:.1%} ({self.ng} NG of {self.inspected})",
-            f"dead letters  {sum(self.dead_letters.values())} ({reasons})",
+            f"dead letters  {sum(self.dead_letters.values())} ({reasons}){self._stored_letters()}",
             f"throughput    {self.throughput:.1f} frames/s over {self.wall_s:.1f} s{self._startup()}",
             f"latency       p50 {p50:.0f} ms, p99 {p99:.0f} ms (read off the source to stored)",
         ]

@@ -52,15 +52,16 @@ def heatmap_size(frame_width: int, frame_height: int) -> tuple[int, int]:
     return max(1, round(frame_width * scale)), max(1, round(frame_height * scale))
 
 
-def encode_heatmap(
+def heatmap_levels(
     score_map: np.ndarray,
     frame_size: tuple[int, int],
     roi: tuple[int, int, int, int] | None = None,
-) -> tuple[bytes, int, int]:
-    """The heat map PNG of a normalised anomaly map, with its width and height.
+) -> np.ndarray:
+    """The stored heat map's pixels: 8-bit levels (0..255 for scores 0..1), aligned with the frame.
 
     ``score_map`` covers the ROI (x, y, width, height) of a frame of ``frame_size`` (height, width),
-    or the whole frame; outside the ROI the heat map is 0.
+    or the whole frame; outside the ROI the heat map is 0. What a detector hands back for each frame
+    (a few KB, whatever the frame's size); :func:`encode_levels` makes it the stored PNG.
     """
     frame_height, frame_width = frame_size
     width, height = heatmap_size(frame_width, frame_height)
@@ -72,10 +73,25 @@ def encode_heatmap(
     clipped = np.clip(score_map, 0, 1).astype(np.float32)
     scaled = cv2.resize(clipped, (right - left, bottom - top), interpolation=cv2.INTER_AREA)
     levels[top:bottom, left:right] = (scaled * 255 + 0.5).astype(np.uint8)
+    return levels
+
+
+def encode_levels(levels: np.ndarray) -> tuple[bytes, int, int]:
+    """A heat map's levels (see :func:`heatmap_levels`) as a grayscale PNG, with its width and height."""
     ok, data = cv2.imencode(".png", levels)
     if not ok:
         raise ValueError("PNG encoding failed")
-    return bytes(data.tobytes()), width, height
+    return bytes(data.tobytes()), int(levels.shape[1]), int(levels.shape[0])
+
+
+def encode_heatmap(
+    score_map: np.ndarray,
+    frame_size: tuple[int, int],
+    roi: tuple[int, int, int, int] | None = None,
+) -> tuple[bytes, int, int]:
+    """The heat map PNG of a normalised anomaly map, with its width and height (see
+    :func:`heatmap_levels` for the arguments)."""
+    return encode_levels(heatmap_levels(score_map, frame_size, roi))
 
 
 def decode_heatmap(data: bytes) -> np.ndarray:

@@ -8,6 +8,8 @@ from fastapi.testclient import TestClient
 
 from services.api.app import create_app
 from services.api.settings import ApiSettings
+from services.inference.local import LocalInference
+from services.inference.thread import InferenceThread
 from services.ingest.synthetic import write_dataset
 from services.storage.sqlite_record_store import SqliteRecordStore
 from services.storage.tiered_blob_store import TieredBlobStore
@@ -64,3 +66,12 @@ def tiny_inspector(tmp_path_factory: pytest.TempPathFactory, mobilenet_weights: 
     )
     train(config)
     return Inspector.load(root / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_inference(tiny_inspector: Inspector) -> Iterator[InferenceThread]:
+    """The tiny model for recipe housing-A behind a started local inference port, as the API uses it."""
+    inference = InferenceThread(LocalInference({"housing-A": tiny_inspector}, detectors=1))
+    inference.start_in_thread()
+    yield inference
+    inference.close_thread()

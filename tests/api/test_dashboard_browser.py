@@ -17,10 +17,10 @@ from fastapi import FastAPI
 
 from services.api.app import create_app
 from services.api.settings import ApiSettings
+from services.inference.thread import InferenceThread
 from services.ingest.synthetic import render_part
 from services.storage.sqlite_record_store import SqliteRecordStore
 from services.storage.tiered_blob_store import TieredBlobStore
-from services.vision.inspector import Inspector
 from services.vision.overlay import encode_png
 from tests.api.conftest import API_KEY
 from tests.api.factories import make_alert
@@ -84,13 +84,13 @@ def post_parts(base_url: str) -> None:
 
 
 @pytest.fixture
-def browser_app(tmp_path: Path, tiny_inspector: Inspector) -> Iterator[FastAPI]:
+def browser_app(tmp_path: Path, tiny_inference: InferenceThread) -> Iterator[FastAPI]:
     if not CHROMIUM.is_file():
         pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's chromium package to run the dashboard test")
     with SqliteRecordStore(tmp_path / "records.db") as records:
         records.add_alert(make_alert(line_id="line-1", at=datetime.now(UTC) - timedelta(minutes=3)))
         yield create_app(
-            ApiSettings(keys=[API_KEY]), records, TieredBlobStore.at(tmp_path / "blobs"), tiny_inspector
+            ApiSettings(keys=[API_KEY]), records, TieredBlobStore.at(tmp_path / "blobs"), tiny_inference
         )
 
 

@@ -28,11 +28,19 @@ def small_client(records: SqliteRecordStore, blobs: TieredBlobStore) -> TestClie
     return TestClient(create_app(settings, records, blobs), headers={"X-API-Key": API_KEY})
 
 
-def test_a_body_declared_too_large_is_413(small_client: TestClient) -> None:
+def test_a_body_declared_too_large_is_413_and_a_dead_letter(
+    small_client: TestClient, records: SqliteRecordStore
+) -> None:
     files = {"image": ("frame.png", b"\0" * (2 * LIMIT), "image/png")}
     response = small_client.post("/v1/inspect", data=FIELDS, files=files)
     assert response.status_code == 413
     assert response.json() == TOO_LARGE
+    (letter,) = records.list_dead_letters()  # a frame lost is counted where the dashboard looks
+    assert (letter.source, letter.reason) == ("ingest", f"oversized: {TOO_LARGE['detail']}")
+    assert letter.original_ref.startswith("upload of ") and "bytes from testclient" in letter.original_ref
+    # a client without a valid key is refused as well, and leaves nothing behind
+    anonymous = small_client.post("/v1/inspect", data=FIELDS, files=files, headers={"X-API-Key": "wrong"})
+    assert anonymous.status_code == 413 and records.count_dead_letters() == 1
 
 
 def test_a_chunked_body_without_length_is_413(small_client: TestClient) -> None:

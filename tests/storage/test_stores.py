@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,9 +60,26 @@ def test_remote_file_hosts_are_refused() -> None:
 
 
 def test_unknown_schemes_name_the_supported_ones() -> None:
-    with pytest.raises(ValueError, match=r"'postgres' is not one of sqlite://"):
+    with pytest.raises(ValueError, match=r"'postgres' is not one of sqlite:"):
         open_record_store("postgres://db/linewatch")
-    with pytest.raises(ValueError, match=r"'s3' is not one of file://"):
+    with pytest.raises(ValueError, match=r"'s3' is not one of file:"):
         open_blob_store("s3://bucket/blobs")
     with pytest.raises(ValueError, match="scheme '' is not one of"):
         open_record_store("records.db")
+
+
+def test_adapters_are_imported_only_when_their_scheme_is_opened(tmp_path: Path) -> None:
+    """Opening a SQLite store or a folder of frames imports neither other stores nor OpenCV's video."""
+    code = f"""
+import sys
+from services.storage.stores import open_record_store
+from services.ingest.urls import open_frame_source
+assert "services.storage.sqlite_record_store" not in sys.modules
+open_record_store("sqlite:///{tmp_path}/r.db").close()
+open_frame_source("folder:///{tmp_path}")
+loaded = [m for m in ("services.storage.tiered_blob_store", "services.ingest.video",
+          "services.ingest.synthetic_source", "services.ingest.csv_replay") if m in sys.modules]
+assert "services.storage.sqlite_record_store" in sys.modules and not loaded, loaded
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr

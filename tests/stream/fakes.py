@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,11 +14,10 @@ import pytest
 from schemas.dead_letter import DeadLetter
 from schemas.frame import Frame
 from schemas.inspection import Inspection
-from schemas.process import ProcessSnapshot
 from services.ingest.frame_ids import replay_frame_id
 from services.ingest.ports import CapturedFrame
+from services.steps.detect import Detected
 from services.stream import runtime
-from services.stream.steps import Detected
 from services.vision.inspector import Prediction
 
 T0 = datetime(2025, 3, 4, 8, 0, 0, tzinfo=UTC)
@@ -67,66 +67,64 @@ class ListSource:
 
 
 class FakeDetector:
-    """Stands in for the detector steps (``detect_batch``, ``finish_batch``): every frame is OK.
+    """Stands in for an inference port: every frame is OK (the finish step that follows is real).
 
-    ``gate`` (when given) holds each batch in detection, ``finish_gate`` each batch in finishing;
-    ``install`` puts the fake into the runtime.
+    ``gate`` (when given) holds each batch in detection; ``slots`` is how many batches the line keeps
+    in it at once. ``install`` also holds each batch at the finish step until ``finish_gate`` is set,
+    and counts the finished frames.
     """
 
+    url = "fake://"
+
     def __init__(
-        self, gate: threading.Event | None = None, finish_gate: threading.Event | None = None
+        self,
+        gate: threading.Event | None = None,
+        finish_gate: threading.Event | None = None,
+        slots: int = 2,
+        recipes: frozenset[str] = frozenset({"housing-A"}),
     ) -> None:
         self.gate, self.entered = gate, threading.Event()
         self.finish_gate, self.finishing = finish_gate, threading.Event()
+        self.slots, self.recipes = slots, recipes
+        self.models = {recipe: "fake 1" for recipe in recipes}
         self.batches: list[int] = []
         self.finished: list[int] = []
+        self.starts = self.closes = 0
 
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeDetector:
-        monkeypatch.setattr(runtime, "detect_batch", self.detect)
-        monkeypatch.setattr(runtime, "finish_batch", self.finish)
-        return self
+    async def start(self) -> None:
+        self.starts += 1
 
-    def detect(self, inspector: Any, images: Sequence[np.ndarray]) -> Detected:
+    async def close(self) -> None:
+        self.closes += 1
+
+    async def detect(
+        self, recipe: str, images: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]
+    ) -> Detected:
+        return await asyncio.to_thread(self.detect_now, recipe, images, sizes)
+
+    def detect_now(
+        self, recipe: str, images: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]
+    ) -> Detected:
+        if recipe not in self.recipes:
+            raise KeyError(recipe)
         self.entered.set()
         if self.gate is not None:
             self.gate.wait(timeout=30)
         self.batches.append(len(images))
-        prediction = Prediction(0.0, 0.1, "OK", np.zeros((1, 1), np.float32), [], np.zeros(0, np.float32))
-        return Detected([prediction] * len(images), {"preprocess": 0.5, "infer": 1.0})
+        prediction = Prediction(0.0, 0.1, "OK", np.zeros((0, 0), np.float32), [], np.zeros(0, np.float32))
+        heatmap = np.zeros((1, 1), np.uint8)
+        n = len(images)
+        return Detected([prediction] * n, [heatmap] * n, {"preprocess": 0.5, "infer": 1.0}, "fake", "1")
 
-    def finish(
-        self,
-        inspector: Any,
-        frames: Sequence[Frame],
-        images: Sequence[np.ndarray],
-        detected: Detected,
-        blobs: Any,
-        process: Sequence[ProcessSnapshot] | None = None,
-        *,
-        timings_ms: Sequence[Mapping[str, float]] | None = None,
-    ) -> list[Inspection]:
-        self.finishing.set()
-        if self.finish_gate is not None:
-            self.finish_gate.wait(timeout=30)
-        self.finished.append(len(frames))
-        snapshots = process or [ProcessSnapshot(status="missing")] * len(frames)
-        return [
-            Inspection(
-                frame_id=f.frame_id,
-                line_id=f.line_id,
-                station_id=f.station_id,
-                camera_id=f.camera_id,
-                part_id=f.part_id,
-                recipe=f.recipe,
-                captured_at=f.captured_at,
-                model_name="fake",
-                model_version="1",
-                score_raw=0.0,
-                score=0.1,
-                verdict="OK",
-                process=snapshot,
-                timings_ms={**(timings_ms[i] if timings_ms else {}), **detected.timings_ms},
-                inspected_at=datetime.now(UTC),
-            )
-            for i, (f, snapshot) in enumerate(zip(frames, snapshots, strict=True))
-        ]
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeDetector:
+        real = runtime.finish_batch
+
+        def finish(frames: Sequence[Frame], *args: Any, **kwargs: Any) -> list[Inspection]:
+            self.finishing.set()
+            if self.finish_gate is not None:
+                self.finish_gate.wait(timeout=30)
+            self.finished.append(len(frames))
+            return real(frames, *args, **kwargs)
+
+        monkeypatch.setattr(runtime, "finish_batch", finish)
+        return self

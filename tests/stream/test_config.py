@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,10 +92,15 @@ def test_the_example_file_loads_and_its_sources_open() -> None:
 def test_detectors_run_in_worker_processes_unless_told_not_to(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert load_settings(None).line_options().detector_processes is True
-    assert (
-        load_settings(write(tmp_path, "detector_processes: false\n")).line_options().detector_processes
-        is False
-    )
+    assert load_settings(None).inference_url() == "process://"
+    assert load_settings(write(tmp_path, "detector_processes: false\n")).inference_url() == "local://"
+    chosen = load_settings(write(tmp_path, "inference: local://?detectors=1\n"))
+    assert chosen.inference_url() == "local://?detectors=1"
     monkeypatch.setenv("LINEWATCH_DETECTOR_PROCESSES", "false")
-    assert load_settings(None).line_options().detector_processes is False
+    assert load_settings(None).inference_url() == "local://"
+
+
+def test_reading_the_settings_imports_no_torch() -> None:
+    """The settings (and so `linewatch run --help`, the API's settings) load without torch."""
+    code = "import sys, services.config; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

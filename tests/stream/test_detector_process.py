@@ -14,26 +14,25 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 from services.cli import main
-from services.ingest.simulator_source import SimulatorSource
-from services.ingest.synthetic import SyntheticLine
-from services.ingest.synthetic_source import SyntheticSource
-from services.storage.sqlite_record_store import SqliteRecordStore
-from services.storage.tiered_blob_store import TieredBlobStore
-from services.stream.detector_process import (
+from services.inference.detector_process import (
     IN_FLIGHT,
     BatchFailed,
     DetectorProcess,
     DetectorProcessError,
 )
+from services.inference.process import ProcessInference
+from services.ingest.simulator_source import SimulatorSource
+from services.ingest.synthetic import SyntheticLine
+from services.ingest.synthetic_source import SyntheticSource
+from services.steps.detect import detect_batch
+from services.storage.sqlite_record_store import SqliteRecordStore
+from services.storage.tiered_blob_store import TieredBlobStore
 from services.stream.runtime import Line, LineOptions
-from services.stream.steps import detect_batch
 from services.vision.inspector import Inspector
-from services.vision.overlay import encode_heatmap
 from tests.stream.test_restart import write_config
 
 pytestmark = pytest.mark.integration
@@ -66,14 +65,10 @@ def test_a_worker_scores_as_this_process_does(
         assert theirs.score == pytest.approx(ours.score, abs=1e-5)
         assert [d.bbox for d in theirs.defects] == [d.bbox for d in ours.defects]
         np.testing.assert_allclose(theirs.embedding, ours.embedding, atol=1e-5)
-        assert theirs.anomaly_map.size == 0  # the frame-sized map stays in the worker
-    assert remote.heatmaps is not None and len(remote.heatmaps) == len(frames)
-    for encoded, ours, image in zip(remote.heatmaps, local.predictions, frames, strict=True):
-        data, width, height = encode_heatmap(ours.anomaly_map, image.shape[:2], inspector.card.roi)
-        assert (encoded.width, encoded.height) == (width, height)
-        theirs_levels = cv2.imdecode(np.frombuffer(encoded.data, np.uint8), cv2.IMREAD_UNCHANGED)
-        ours_levels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        assert theirs_levels is not None and ours_levels is not None
+        assert theirs.anomaly_map.size == 0  # the map stays in the worker: the heat map stands in
+    assert len(remote.heatmaps) == len(frames)
+    for theirs_levels, ours_levels in zip(remote.heatmaps, local.heatmaps, strict=True):
+        assert theirs_levels.shape == ours_levels.shape and theirs_levels.dtype == np.uint8
         # the same heat map, up to rounding (one torch thread there, the test's threads here)
         assert np.abs(theirs_levels.astype(int) - ours_levels.astype(int)).max() <= 1
     assert set(remote.timings_ms) == {"preprocess", "infer"}
@@ -165,18 +160,20 @@ def test_the_line_with_detector_processes_loses_only_the_batches_a_killed_worker
     line = Line(
         [SyntheticSource(seed=4, parts=parts)],
         [SimulatorSource(machine.process, machine.line_id, machine.machine_id)],
-        {RECIPE: inspector},
+        ProcessInference({RECIPE: inspector}, detectors=2, threads=1, warm_batch=4),
         records,
         blobs,
-        LineOptions(detector_processes=True, detectors=2, detector_threads=1, max_batch=4),
+        LineOptions(max_batch=4),
     )
+    assert isinstance(line.inference, ProcessInference)
+    workers = line.inference.workers
     killed: list[int] = []
 
     def kill_a_worker() -> None:
         deadline = time.monotonic() + 120
         while line.summary.inspected < 8 and time.monotonic() < deadline:
             time.sleep(0.01)
-        pid = line.detector_processes[0].pid
+        pid = workers[0].pid
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
@@ -195,8 +192,8 @@ def test_the_line_with_detector_processes_loses_only_the_batches_a_killed_worker
     held = IN_FLIGHT * 4  # batches of 4
     assert set(summary.dead_letters) <= {"inspect_error"} and summary.frame_dead_letters <= held
     assert summary.inspected >= parts - held
-    assert line.detector_processes[0].restarts == (1 if summary.frame_dead_letters else 0)
-    assert summary.startup_s > 0 and all(w.pid is None for w in line.detector_processes)  # all stopped
+    assert workers[0].restarts == (1 if summary.frame_dead_letters else 0)
+    assert summary.startup_s > 0 and all(w.pid is None for w in workers)  # all stopped
 
 
 def test_linewatch_run_says_when_a_detector_process_cannot_start(
@@ -212,4 +209,4 @@ def test_linewatch_run_says_when_a_detector_process_cannot_start(
     assert main(["run", "--config", str(write_config(tmp_path, model_dir))]) == 1
     error = capsys.readouterr().err
     assert "linewatch run: error: detector process linewatch-detector-0 exited while starting" in error
-    assert "detector_processes: false" in error
+    assert "inference: local:// runs the detectors as threads" in error

@@ -10,16 +10,19 @@ import pytest
 
 from schemas.frame import Frame
 from services.ingest.frame_ids import replay_frame_id
-from services.ingest.synthetic import SyntheticLine
+from services.ingest.synthetic import SyntheticLine, render_part
+from services.steps.admit import encode_frame
+from services.steps.detect import detect_batch
+from services.steps.finish import finish_batch, store_heatmap
 from services.storage.file_blob_store import FileBlobStore
-from services.stream.steps import detect_batch, encode_frame, finish_batch, inspect_batch, store_heatmap
-from services.vision.inspector import Inspector, Prediction
+from services.vision.inspector import Inspector
 from services.vision.overlay import (
     HEATMAP_MAX_SIDE,
     NO_FRAME_GREY,
     Mark,
     decode_heatmap,
     encode_heatmap,
+    heatmap_levels,
     heatmap_size,
     render_overlay,
 )
@@ -65,8 +68,7 @@ def test_a_map_of_an_roi_lands_where_the_roi_is_and_is_cold_outside() -> None:
 
 def test_a_heat_map_holds_none_of_the_frames_pixels(tmp_path: Any) -> None:
     blobs = FileBlobStore(tmp_path / "blobs")
-    prediction = Prediction(0.0, 0.1, "OK", smooth_map(256, 256), [], np.zeros(4, np.float32))
-    ref = store_heatmap(blobs, prediction, (256, 256), None)
+    ref = store_heatmap(blobs, heatmap_levels(smooth_map(256, 256), (256, 256)))
     assert (ref.width, ref.height, ref.encoding) == (128, 128, "png")
     stored = cv2.imdecode(np.frombuffer(blobs.get(ref.uri), np.uint8), cv2.IMREAD_UNCHANGED)
     assert (
@@ -94,12 +96,11 @@ def test_an_overlay_without_its_frame_is_drawn_over_grey_with_the_boxes() -> Non
         render_overlay(None, score_map, [])
 
 
-# --------------------------------------------------------------------- detect + finish = inspect
+# ------------------------------------------------------------------------------ detect, finish
 
 
-def test_detect_then_finish_is_inspect_batch(inspector: Inspector, tmp_path: Any) -> None:
-    parts = list(SyntheticLine(seed=4).parts(8))
-    blobs = FileBlobStore(tmp_path / "blobs")
+def _frames(blobs: FileBlobStore, count: int) -> tuple[list[Frame], list[np.ndarray]]:
+    parts = list(SyntheticLine(seed=4).parts(count))
     frames = []
     for i, part in enumerate(parts):
         ref = blobs.put(encode_frame(part.image), "png", part.image.shape[1], part.image.shape[0])
@@ -114,12 +115,40 @@ def test_detect_then_finish_is_inspect_batch(inspector: Inspector, tmp_path: Any
                 image=ref,
             )
         )
-    images = [part.image for part in parts]
-    whole = inspect_batch(inspector, frames, images, blobs)
+    return frames, [part.image for part in parts]
+
+
+def test_detect_hands_back_the_heat_maps_of_the_models_maps_and_finish_stores_them(
+    inspector: Inspector, tmp_path: Any
+) -> None:
+    blobs = FileBlobStore(tmp_path / "blobs")
+    frames, images = _frames(blobs, 8)
     detected = detect_batch(inspector, images)
-    split = finish_batch(inspector, frames, images, detected, blobs)
+    full = inspector.predict(images)
+    records = finish_batch(frames, detected, blobs)
     assert set(detected.timings_ms) == {"preprocess", "infer"}
-    for a, b, frame in zip(whole, split, frames, strict=True):
-        assert (a.verdict, a.score, a.defects, a.embedding) == (b.verdict, b.score, b.defects, b.embedding)
-        assert a.heatmap == b.heatmap and a.heatmap is not None
-        assert a.image == b.image == frame.image
+    assert (detected.model_name, detected.model_version) == (inspector.card.name, inspector.card.version)
+    for record, ours, theirs, image, frame in zip(
+        records, detected.predictions, full, images, frames, strict=True
+    ):
+        assert ours.anomaly_map.size == 0  # the heat map stands in for it
+        assert (record.verdict, record.score_raw) == (theirs.verdict, theirs.score_raw)
+        expected = heatmap_levels(theirs.anomaly_map, image.shape[:2], inspector.card.roi)
+        assert record.heatmap is not None
+        np.testing.assert_allclose(decode_heatmap(blobs.get(record.heatmap.uri)), expected / 255.0, atol=1e-6)
+        assert record.image == frame.image and record.model_name == inspector.card.name
+
+
+def test_defects_and_heat_maps_are_measured_in_the_frames_own_pixels(inspector: Inspector) -> None:
+    """A very large JPEG is decoded at a reduced size: its defects are still given in its own pixels."""
+    image, _, _ = render_part(np.random.default_rng(0), ["sink_mark"])
+    height, width = image.shape[:2]
+    small = detect_batch(inspector, [image])
+    large = detect_batch(inspector, [image], [(height * 4, width * 4)])
+    (a,), (b,) = small.predictions, large.predictions
+    assert a.defects and len(a.defects) == len(b.defects)
+    for ours, big in zip(a.defects, b.defects, strict=True):
+        x, y, w, h = ours.bbox
+        bx, by, bw, bh = big.bbox
+        assert abs(bx - 4 * x) <= 4 and abs(by - 4 * y) <= 4 and abs(bw - 4 * w) <= 8 and abs(bh - 4 * h) <= 8
+    assert large.heatmaps[0].shape == small.heatmaps[0].shape  # the heat map's side is capped

@@ -15,19 +15,21 @@ import numpy as np
 import pytest
 
 from schemas.defect import BoundingBox
+from services.inference.local import LocalInference
+from services.inference.urls import open_inference
 from services.ingest.csv_replay import CsvProcessSource
 from services.ingest.folder import FolderSource
 from services.ingest.ports import FrameContext
 from services.ingest.simulator_source import SimulatorSource
 from services.ingest.synthetic import SyntheticLine, SyntheticPart
 from services.ingest.synthetic_source import SyntheticSource, captured_part
+from services.steps.admit import encode_frame
 from services.storage.errors import BlobStoreFull
 from services.storage.file_blob_store import FileBlobStore
 from services.storage.ports import BlobStore
 from services.storage.sqlite_record_store import SqliteRecordStore
 from services.storage.tiered_blob_store import TieredBlobStore
 from services.stream.runtime import Line, LineOptions
-from services.stream.steps import encode_frame
 from services.stream.summary import LineSummary
 from services.vision.inspector import Inspector
 from services.vision.overlay import decode_heatmap
@@ -39,12 +41,18 @@ PARTS = 40
 
 
 def run_line(
-    inspector: Inspector, records: SqliteRecordStore, blobs: BlobStore, parts: int = PARTS, **options: Any
+    inspector: Inspector,
+    records: SqliteRecordStore,
+    blobs: BlobStore,
+    parts: int = PARTS,
+    inference: str = "local://",
+    **options: Any,
 ) -> tuple[Line, LineSummary]:
     frames = SyntheticSource(seed=SEED, parts=parts)
     machine = SyntheticLine(seed=SEED)
     process = SimulatorSource(machine.process, machine.line_id, machine.machine_id)
-    line = Line([frames], [process], {"housing-A": inspector}, records, blobs, LineOptions(**options))
+    port = open_inference(inference, {"housing-A": inspector})
+    line = Line([frames], [process], port, records, blobs, LineOptions(**options))
     return line, asyncio.run(line.run())
 
 
@@ -69,7 +77,7 @@ def finished_run(inspector: Inspector, tmp_path_factory: pytest.TempPathFactory)
     store's small-blob database, detectors in worker processes."""
     root = tmp_path_factory.mktemp("line")
     records, blobs = SqliteRecordStore(root / "records.db"), TieredBlobStore.at(root / "blobs")
-    _, summary = run_line(inspector, records, blobs, detector_processes=True)
+    _, summary = run_line(inspector, records, blobs, inference="process://")
     yield summary, records, blobs
     records.close()
     blobs.close()
@@ -208,7 +216,7 @@ def test_a_folder_replay_dead_letters_a_corrupt_file_and_a_bad_process_row(
     csv_path.write_text("ts,machine_id,mould_temp_c\n" + "\n".join(rows) + "\n")
     frames = FolderSource(folder, FrameContext(camera_id="cam-7"))
     process = CsvProcessSource(csv_path, "line-1")
-    line = Line([frames], [process], {"housing-A": inspector}, records, blobs, LineOptions())
+    line = Line([frames], [process], LocalInference({"housing-A": inspector}), records, blobs, LineOptions())
     summary = asyncio.run(line.run())
     assert (summary.frames_in, summary.inspected, summary.frame_dead_letters) == (5, 4, 1)
     assert summary.dead_letters == {"undecodable": 1, "malformed_row": 1}
@@ -220,7 +228,7 @@ def test_a_folder_replay_dead_letters_a_corrupt_file_and_a_bad_process_row(
     # a restart replays the folder: no record and no frame's dead letter is stored twice
     frames = FolderSource(folder, FrameContext(camera_id="cam-7"))
     process = CsvProcessSource(csv_path, "line-1")
-    line = Line([frames], [process], {"housing-A": inspector}, records, blobs, LineOptions())
+    line = Line([frames], [process], LocalInference({"housing-A": inspector}), records, blobs, LineOptions())
     again = asyncio.run(line.run())
     assert (again.inspected, again.frame_dead_letters) == (4, 1)  # met again, stored once
     assert records.count_inspections() == 4

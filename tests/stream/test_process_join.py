@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from schemas.blob import BlobRef
+from schemas.dead_letter import reason_code
 from schemas.frame import Frame
 from schemas.process import ProcessSample
 from services.ingest.frame_ids import replay_frame_id
-from services.stream.process_join import TRIM_EVERY, ProcessHistory, check_capture_time
-from services.stream.rejects import reason_code
+from services.steps.join import TRIM_EVERY, ProcessHistory, check_capture_time
 
 T0 = datetime(2025, 3, 4, 8, 0, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=1)

@@ -7,25 +7,25 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
 import torch
 
-from schemas.dead_letter import DeadLetter
+from schemas.dead_letter import DeadLetter, reject
+from services.inference import local
+from services.inference.local import LocalInference, detector_plan
 from services.ingest.csv_replay import CsvProcessSource
 from services.ingest.ports import CapturedFrame
+from services.steps.admit import encode_frame
 from services.storage.errors import BlobStoreFull
 from services.storage.file_blob_store import FileBlobStore
 from services.storage.sqlite_record_store import SqliteRecordStore
 from services.stream import runtime
-from services.stream.rejects import reject
-from services.stream.runtime import Line, LineOptions, detector_plan
-from services.stream.steps import encode_frame
+from services.stream.runtime import Line, LineOptions
+from services.vision.inspector import Inspector
 from tests.stream.fakes import T0, FakeDetector, ListSource, captured
-
-MODELS: dict[str, Any] = {"housing-A": object()}  # the stand-in detector never looks at the model
 
 
 @pytest.fixture
@@ -33,9 +33,17 @@ def detector(monkeypatch: pytest.MonkeyPatch) -> FakeDetector:
     return FakeDetector().install(monkeypatch)
 
 
-def make_line(source: ListSource, records: SqliteRecordStore, blobs: FileBlobStore, **options: Any) -> Line:
+def make_line(
+    source: ListSource,
+    records: SqliteRecordStore,
+    blobs: FileBlobStore,
+    detector: FakeDetector | None = None,
+    **options: Any,
+) -> Line:
     process = options.pop("process", [])
-    return Line([source], process, MODELS, records, blobs, LineOptions(**options))
+    detector = detector or FakeDetector()
+    detector.slots = options.pop("detectors", detector.slots)
+    return Line([source], process, detector, records, blobs, LineOptions(**options))
 
 
 @pytest.mark.parametrize("detectors", [1, 2, 3])
@@ -43,7 +51,7 @@ def test_every_frame_read_is_stored_once(
     detector: FakeDetector, records: SqliteRecordStore, blobs: FileBlobStore, detectors: int
 ) -> None:
     source = ListSource([captured(i) for i in range(20)])
-    line = make_line(source, records, blobs, max_batch=4, detectors=detectors)
+    line = make_line(source, records, blobs, detector, max_batch=4, detectors=detectors)
     summary = asyncio.run(line.run())
     assert (summary.frames_in, summary.inspected, summary.frame_dead_letters) == (20, 20, 0)
     assert records.count_inspections() == 20
@@ -51,7 +59,8 @@ def test_every_frame_read_is_stored_once(
     assert source.closed
     stored = records.get_inspection(captured(7).frame_id)
     assert stored is not None and stored.part_id == "part-0007"
-    assert len(list(blobs.root.rglob("*.png"))) == 20  # every frame went to the blob store first
+    assert len(list(blobs.root.rglob("*.png"))) == 20 + 1  # every frame went to the blob store first
+    assert (detector.starts, detector.closes) == (1, 1)  # the line started and closed its port
 
 
 def test_a_slow_detector_holds_the_source_back(
@@ -60,7 +69,7 @@ def test_a_slow_detector_holds_the_source_back(
     gate = threading.Event()
     detector = FakeDetector(gate).install(monkeypatch)
     source = ListSource([captured(i) for i in range(100)])
-    line = make_line(source, records, blobs, max_batch=1, queue_size=2, detectors=2)
+    line = make_line(source, records, blobs, detector, max_batch=1, queue_size=2, detectors=2)
 
     async def scenario() -> int:
         task = asyncio.create_task(line.run())
@@ -84,7 +93,7 @@ def test_stop_drains_every_frame_already_read(
     gate = threading.Event()
     detector = FakeDetector(gate).install(monkeypatch)
     source = ListSource([captured(i) for i in range(100)])
-    line = make_line(source, records, blobs, max_batch=2, queue_size=4)
+    line = make_line(source, records, blobs, detector, max_batch=2, queue_size=4)
 
     async def scenario() -> None:
         task = asyncio.create_task(line.run())
@@ -162,8 +171,8 @@ def test_a_full_disk_at_the_claim_check_stops_the_line_with_nothing_half_written
     real_put = FileBlobStore.put
 
     def put(self: FileBlobStore, data: bytes, encoding: str, width: int, height: int) -> Any:
-        calls["n"] += 1
-        if calls["n"] > 5:
+        calls["n"] += width > 1  # frames (the fake detector's heat maps are 1 x 1 and still fit)
+        if calls["n"] > 5 and width > 1:
             raise BlobStoreFull("No space left on device")
         return real_put(self, data, encoding, width, height)
 
@@ -217,7 +226,7 @@ def test_the_detectors_run_at_most_one_batch_ahead_of_finishing(
     held = threading.Event()
     detector = FakeDetector(finish_gate=held).install(monkeypatch)
     source = ListSource([captured(i) for i in range(40)])
-    line = make_line(source, records, blobs, max_batch=2, detectors=detectors)
+    line = make_line(source, records, blobs, detector, max_batch=2, detectors=detectors)
 
     async def scenario() -> int:
         task = asyncio.create_task(line.run())
@@ -306,7 +315,7 @@ def test_a_batch_that_fails_is_dead_lettered_and_the_line_goes_on(
     monkeypatch: pytest.MonkeyPatch,
     step: str,
 ) -> None:
-    real = getattr(detector, step)
+    real = detector.detect_now if step == "detect" else runtime.finish_batch
     calls = {"n": 0}
 
     def failing_second_batch(*args: Any, **kwargs: Any) -> Any:
@@ -315,11 +324,15 @@ def test_a_batch_that_fails_is_dead_lettered_and_the_line_goes_on(
             raise RuntimeError("out of memory")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runtime, f"{step}_batch", failing_second_batch)
+    if step == "detect":
+        monkeypatch.setattr(detector, "detect_now", failing_second_batch)
+    else:
+        monkeypatch.setattr(runtime, "finish_batch", failing_second_batch)
     line = make_line(
         ListSource([captured(i) for i in range(12)]),
         records,
         blobs,
+        detector,
         max_batch=4,
         max_wait_ms=1000,
         detectors=1,
@@ -335,39 +348,35 @@ def test_a_batch_that_fails_is_dead_lettered_and_the_line_goes_on(
 
 
 def test_the_detectors_share_the_torch_threads_of_the_caller() -> None:
-    assert detector_plan(LineOptions(), 2) == (2, 1)
-    assert detector_plan(LineOptions(), 1) == (1, 1)
-    assert detector_plan(LineOptions(), 8) == (2, 4)
-    assert detector_plan(LineOptions(detectors=3), 8) == (3, 2)
-    assert detector_plan(LineOptions(detectors=1), 8) == (1, 8)
-    assert detector_plan(LineOptions(detectors=2, detector_threads=3), 2) == (2, 3)
+    assert detector_plan(None, None, 2) == (2, 1)
+    assert detector_plan(None, None, 1) == (1, 1)
+    assert detector_plan(None, None, 8) == (2, 4)
+    assert detector_plan(3, None, 8) == (3, 2)
+    assert detector_plan(1, None, 8) == (1, 8)
+    assert detector_plan(2, 3, 2) == (2, 3)
     with pytest.raises(ValueError, match="detectors"):
-        LineOptions(detectors=0)
-    with pytest.raises(ValueError, match="detector_threads"):
-        LineOptions(detector_threads=0)
+        detector_plan(0, None, 2)
+    with pytest.raises(ValueError, match="threads"):
+        detector_plan(None, 0, 2)
 
 
-def test_each_detector_thread_runs_with_its_own_torch_thread_count(
+def test_each_local_detector_thread_runs_with_its_own_torch_thread_count(
     monkeypatch: pytest.MonkeyPatch, records: SqliteRecordStore, blobs: FileBlobStore
 ) -> None:
     seen: dict[str, int] = {}
-    fake = FakeDetector().install(monkeypatch)
+    fake = FakeDetector()
 
-    def detect(inspector: Any, images: Any) -> Any:
+    def detect(inspector: Any, images: Any, sizes: Any) -> Any:
         seen[threading.current_thread().name] = torch.get_num_threads()
-        return fake.detect(inspector, images)
+        return fake.detect_now("housing-A", images, sizes)
 
-    monkeypatch.setattr(runtime, "detect_batch", detect)
-    line = make_line(
-        ListSource([captured(i) for i in range(16)]),
-        records,
-        blobs,
-        max_batch=2,
-        detectors=2,
-        detector_threads=1,
-    )
+    monkeypatch.setattr(local, "detect_batch", detect)
+    inference = LocalInference({"housing-A": cast(Inspector, object())}, detectors=2, threads=1)
+    source = ListSource([captured(i) for i in range(16)])
+    line = Line([source], [], inference, records, blobs, LineOptions(max_batch=2))
     before = torch.get_num_threads()
-    asyncio.run(line.run())
+    summary = asyncio.run(line.run())
+    assert summary.inspected == 16
     assert set(seen.values()) == {1}
     assert all(name.startswith("linewatch-detector-") for name in seen)
     assert torch.get_num_threads() == before  # the caller's own count is left as it was
@@ -384,11 +393,14 @@ class WatchedBlobs(FileBlobStore):
     def __init__(self, root: Path, fail_sync: bool = False) -> None:
         super().__init__(root, group_commit=True)
         self.not_durable: set[str] = set()
+        self.stored: set[str] = set()
         self.syncs, self.fail_sync = 0, fail_sync
 
     def put(self, data: bytes, encoding: str, width: int, height: int) -> Any:
         ref = super().put(data, encoding, width, height)
-        self.not_durable.add(ref.uri)
+        if ref.uri not in self.stored:  # the same bytes put again stay as durable as they were
+            self.not_durable.add(ref.uri)
+            self.stored.add(ref.uri)
         return ref
 
     def sync(self) -> None:
@@ -415,24 +427,12 @@ class CheckingRecords(SqliteRecordStore):
 
 
 def test_with_group_commit_a_record_is_stored_only_after_its_blobs_are_synced(
-    detector: FakeDetector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    detector: FakeDetector, tmp_path: Path
 ) -> None:
+    """The real finish step puts each frame's heat map; the group of records is stored after a sync."""
     blobs = WatchedBlobs(tmp_path / "blobs")
     records = CheckingRecords(tmp_path / "records.db", blobs)
 
-    def finish_with_blobs(
-        inspector: Any, frames: Any, images: Any, detected: Any, store: Any, *a: Any, **k: Any
-    ) -> Any:
-        """The fake's records, pointing at their frame and at a heat map put now, as the real ones do."""
-        inspections = detector.finish(inspector, frames, images, detected, store, *a, **k)
-        return [
-            inspection.model_copy(
-                update={"image": frame.image, "heatmap": store.put(encode_frame(image[:8, :8]), "png", 8, 8)}
-            )
-            for inspection, frame, image in zip(inspections, frames, images, strict=True)
-        ]
-
-    monkeypatch.setattr(runtime, "finish_batch", finish_with_blobs)
     try:
         summary = asyncio.run(make_line(ListSource([captured(i) for i in range(30)]), records, blobs).run())
         assert summary.inspected == records.count_inspections() == 30

@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from schemas.blob import BlobRef
-from schemas.dead_letter import DeadLetter
+from schemas.dead_letter import DeadLetter, reason_code, reject
 from schemas.frame import Frame
 from services.ingest.frame_ids import replay_frame_id
-from services.stream.rejects import reason_code, reject
-from services.stream.steps import decode, encode_frame, png_size, probe_image, to_defect
+from services.steps.admit import decode, encode_frame, png_size, probe_image
+from services.steps.finish import to_defect
 from services.vision.defects import DefectRegion
 
 T0 = datetime(2025, 3, 4, 8, 0, 0, tzinfo=UTC)

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from services.vision.commands import position_weight
+from services.commands.vision import position_weight
 from services.vision.dataset import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from services.vision.patchcore import PatchCoreParams
 from services.vision.position_choice import (

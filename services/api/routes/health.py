@@ -25,8 +25,13 @@ def ready(context: Context, response: Response) -> ReadyReport:
         records = "ok"
     except Exception as err:  # any failure of the store means not ready; say which
         records = f"error: {type(err).__name__}: {err}"
-    card = context.inspector.card if context.inspector else None
-    model = f"loaded: {card.name} {card.version}" if card else "not configured"
+    models = context.inference.models if context.inference is not None else {}
+    if not models:
+        model = "not configured"
+    elif len(models) == 1:
+        model = f"loaded: {next(iter(models.values()))}"
+    else:
+        model = "loaded: " + ", ".join(f"{recipe} {name}" for recipe, name in sorted(models.items()))
     report = ReadyReport(ready=records == "ok", records=records, model=model)
     response.status_code = status.HTTP_200_OK if report.ready else status.HTTP_503_SERVICE_UNAVAILABLE
     return report

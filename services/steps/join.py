@@ -13,10 +13,9 @@ import bisect
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from schemas.dead_letter import DeadLetter
+from schemas.dead_letter import DeadLetter, reject
 from schemas.frame import Frame
 from schemas.process import ProcessSample, ProcessSnapshot
-from services.stream.rejects import reject
 
 DEFAULT_MAX_AGE_S = 5.0
 DEFAULT_SKEW_S = 2.0
@@ -102,3 +101,8 @@ class ProcessHistory:
             age_s=age_s,
             machine_id=sample.machine_id,
         )
+
+
+def join_process(history: ProcessHistory, frame: Frame) -> ProcessSnapshot:
+    """The join step: the process parameters in force on the frame's line when it was taken."""
+    return history.snapshot(frame.line_id, frame.captured_at)

@@ -8,10 +8,10 @@ detector in its own process has its own GIL: its only Python is its own. Measure
 detector threads cost them 21% of their throughput, the same CPU time spent in C code 12%.
 
 The worker holds its own copy of the inspectors (pickled to it when it starts). It takes a batch of
-decoded frames, scores it, outlines the defects (``detect_batch``) and encodes each frame's heat map,
-and sends back the predictions without their frame-sized anomaly maps: the heat map stands in for
-them (a few KB a frame instead of a float per pixel). A batch that fails comes back as an error; a
-worker that dies (killed, out of memory) fails its batch and is started again for the next one.
+decoded frames and scores it with :func:`~services.steps.detect.detect_batch`, whose answer is a few
+KB a frame. A batch that fails comes back as an error; a worker that dies (killed, out of memory)
+fails its batch and is started again for the next one. :mod:`services.inference.process` is the
+inference port over these workers.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from typing import Any, Final
 
 import numpy as np
 
-from services.stream.steps import Detected, detect_batch, with_heatmaps
+from services.inference.ports import InferenceError
+from services.steps.detect import Detected, detect_batch
 from services.vision.inspector import Inspector
 
 log = logging.getLogger(__name__)
@@ -41,27 +42,28 @@ STOP_TIMEOUT_S: Final = 10.0
 IN_FLIGHT: Final = 2  # batches a line keeps sent to each worker: one being scored, the next waiting
 
 
-class DetectorProcessError(RuntimeError):
+class DetectorProcessError(InferenceError):
     """A worker could not start, or died while scoring a batch."""
 
 
-class BatchFailed(RuntimeError):
+class BatchFailed(InferenceError):
     """The worker could not score a batch; it goes on with the next one."""
 
 
 def warm_up(inspector: Inspector, batch: int) -> None:
     """Score a blank batch once: a fresh process's first batch of a size sets up its kernels and
-    buffers (on the demo's model, batch 4, one thread: 142 ms, then 76-82 ms), which would otherwise
-    land on the line's first frames."""
+    buffers (the first batch takes about twice as long as the next), which would otherwise land on
+    the line's first frames."""
     size = inspector.card.image_size
     images = [np.zeros((size, size, 3), np.uint8)] * batch
-    with_heatmaps(inspector, images, detect_batch(inspector, images))
+    detect_batch(inspector, images)
 
 
 def _serve(
     conn: Connection, inspectors: Mapping[str, Inspector], torch_threads: int, warm_batch: int
 ) -> None:
-    """The worker's loop: (recipe, images) in, ("ok", Detected) or ("error", reason) out; None stops."""
+    """The worker's loop: (recipe, images, sizes) in, ("ok", Detected) or ("error", reason) out; None
+    stops."""
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the line's to handle: it drains, then stops us
@@ -77,10 +79,9 @@ def _serve(
         if job is None:
             conn.send((STOPPED, time.process_time()))
             return
-        recipe, images = job
+        recipe, images, sizes = job
         try:
-            inspector = inspectors[recipe]
-            reply: tuple[str, Any] = ("ok", with_heatmaps(inspector, images, detect_batch(inspector, images)))
+            reply: tuple[str, Any] = ("ok", detect_batch(inspectors[recipe], images, sizes))
         except Exception as err:  # a worker never dies on one batch
             reply = ("error", f"{type(err).__name__}: {err}")
         conn.send(reply)
@@ -159,8 +160,10 @@ class DetectorProcess:
         self.startup_cpu_s += message[1]
         self._ready_cpu_s = message[1]
 
-    def detect(self, recipe: str, images: Sequence[np.ndarray]) -> Detected:
-        """Score one recipe's batch in the worker: predictions (without full-size maps) and heat maps.
+    def detect(
+        self, recipe: str, images: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]] | None = None
+    ) -> Detected:
+        """Score one recipe's batch in the worker (see :func:`~services.steps.detect.detect_batch`).
 
         Raises BatchFailed when the worker could not score it, DetectorProcessError when the worker
         died with the batch sent to it (it is started again for the next batch)."""
@@ -173,7 +176,7 @@ class DetectorProcess:
             assert conn is not None
             self._sent += 1
             try:
-                conn.send((recipe, list(images)))
+                conn.send((recipe, list(images), None if sizes is None else list(sizes)))
                 broken: OSError | None = None
             except OSError as err:  # (a broken pipe: the worker is gone)
                 broken = err

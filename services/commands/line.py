@@ -50,9 +50,9 @@ def _print_summary(lines: list[str]) -> None:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from services.stream.demo import DemoOptions, run_demo
-    from services.stream.detector_process import DetectorProcessError
-    from services.stream.serving import ApiServerError
+    from services.api.server import ApiServerError
+    from services.commands.demo import DemoOptions, run_demo
+    from services.inference.detector_process import DetectorProcessError
 
     if args.parts is not None and args.parts < 1:
         print("linewatch demo: error: --parts must be at least 1", file=sys.stderr)
@@ -81,48 +81,47 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 
 def run_line_command(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
+    from services.api.server import ApiServerError
+    from services.commands.compose import Api, build_api, build_line, load_models, open_stores, serve_beside
     from services.config import load_settings
-    from services.ingest.urls import open_frame_source, open_process_source
-    from services.storage.stores import open_blob_store, open_record_store
-    from services.stream.detector_process import DetectorProcessError
-    from services.stream.runtime import Line
-    from services.stream.serving import ApiServer, ApiServerError, run_line
-    from services.vision.inspector import Inspector
+    from services.inference.detector_process import DetectorProcessError
+    from services.stream.serving import run_line
 
     try:
         settings = load_settings(args.config)
         if not settings.frame_sources:
             raise ValueError(f"{args.config} names no frame_sources")
-        context = settings.frame_context()
-        frames = [open_frame_source(url, context) for url in settings.frame_sources]
-        process = [open_process_source(url, settings.line_id) for url in settings.process_sources]
-        inspectors = {recipe: Inspector.load(path) for recipe, path in settings.models.items()}
-        records = open_record_store(settings.stores.records)
-        blobs = open_blob_store(settings.stores.blobs, group_commit=True)
+        inspectors = load_models(settings.models)
+        stores = open_stores(settings.stores.records, settings.stores.blobs, group_commit=True)
     except (ValueError, OSError) as err:  # settings, URLs, paths: say what is wrong, no traceback
         print(f"linewatch run: error: {err}", file=sys.stderr)
         return 2
+    api: Api | None = None
     try:
-        options = replace(settings.line_options(), skip_stored=args.resume)
-        line = Line(frames, process, inspectors, records, blobs, options)
-        inspector = next(iter(inspectors.values())) if len(inspectors) == 1 else None
-        server = ApiServer(settings.api, line, records, blobs, inspector) if args.serve else None
-        if server is not None:
+        line = build_line(settings, inspectors, stores, resume=args.resume)
+        server = None
+        if args.serve:
+            api = build_api(settings.api, stores, inspectors, line)
+            server = serve_beside(settings.api, api)
             print(f"dashboard: {server.url}/dashboard/", flush=True)
         summary = run_line(line, server)
+        summary.stored_dead_letters = stores.records.count_dead_letters()
+    except ValueError as err:  # a source or inference URL
+        print(f"linewatch run: error: {err}", file=sys.stderr)
+        return 2
     except ApiServerError as err:  # refused settings (no API keys), a port in use
         print(f"linewatch run: error: {err}", file=sys.stderr)
         return 2
     except DetectorProcessError as err:  # a detector process could not start
         print(
-            f"linewatch run: error: {err} (detector_processes: false runs them as threads)", file=sys.stderr
+            f"linewatch run: error: {err} (inference: local:// runs the detectors as threads)",
+            file=sys.stderr,
         )
         return 1
     finally:
-        records.close()
-        blobs.close()
+        if api is not None:
+            api.close()
+        stores.close()
     _print_summary(summary.lines())
     return 0 if summary.stopped_by in (None, "interrupted") else 1
 

@@ -15,12 +15,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from services.api.settings import ApiSettings, hash_key
+from services.commands.compose import Api, build_api, open_stores, serve_beside
+from services.inference.urls import open_inference
 from services.ingest.simulator_source import SimulatorSource
 from services.ingest.synthetic import DEFAULT_START, SyntheticLine, write_dataset
 from services.ingest.synthetic_source import SyntheticSource
-from services.storage.stores import open_blob_store, open_record_store
 from services.stream.runtime import Line, LineOptions
-from services.stream.serving import ApiServer, run_line
+from services.stream.serving import run_line
 from services.stream.summary import LineSummary
 from services.vision.inspector import Inspector
 from services.vision.train import TrainConfig, train
@@ -62,7 +63,8 @@ def train_detector(options: DemoOptions) -> Path:
 
 
 def run_demo(options: DemoOptions) -> LineSummary:
-    workdir = options.workdir.resolve()
+    workdir, serve, port = options.workdir.resolve(), options.serve, options.port
+    parts = f"{options.parts} parts" if options.parts is not None else "parts until Ctrl-C"
     for stale in ("records.db", "records.db-wal", "records.db-shm", "blobs"):  # every demo starts afresh
         path = workdir / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
@@ -72,33 +74,31 @@ def run_demo(options: DemoOptions) -> LineSummary:
     frames = SyntheticSource(seed=options.seed, parts=options.parts, realtime=options.serve, start=start)
     machine = SyntheticLine(seed=options.seed, start=start)  # the same line's process, read separately
     process = SimulatorSource(machine.process, machine.line_id, machine.machine_id)
-    records = open_record_store(f"sqlite:///{workdir / 'records.db'}")
     blobs_url = (workdir / "blobs").as_uri()
-    blobs = open_blob_store(blobs_url, group_commit=True)
+    stores = open_stores(f"sqlite:///{workdir / 'records.db'}", blobs_url, group_commit=True)
+    api: Api | None = None
     try:
-        line = Line(
-            [frames],
-            [process],
-            {frames.line.recipe: inspector},
-            records,
-            blobs,
-            LineOptions(keep_frames=options.keep_frames, detector_processes=True),  # as `linewatch run`
-        )
+        line_options = LineOptions(keep_frames=options.keep_frames)
+        models = {frames.line.recipe: inspector}
+        inference = open_inference("process://", models, line_options.max_batch)  # as `linewatch run`
+        line = Line([frames], [process], inference, stores.records, stores.blobs, line_options)
         server = None
-        if options.serve:
+        if serve:
             key = os.environ.get("LINEWATCH_DEMO_KEY") or secrets.token_urlsafe(12)
-            settings = ApiSettings(host="127.0.0.1", port=options.port, key_hashes=[hash_key(key)])
-            server = ApiServer(settings, line, records, blobs, inspector)
+            settings = ApiSettings(host="127.0.0.1", port=port, key_hashes=[hash_key(key)])
+            api = build_api(settings, stores, models, line)
+            server = serve_beside(settings, api)
             print(f"dashboard: {server.url}/dashboard/  (API key for this run: {key})")
             print(f"API docs: {server.url}/docs, line metrics: {server.url}/metrics")
             print("the line is running; Ctrl-C stops it", flush=True)
         else:
-            parts = f"{options.parts} parts" if options.parts is not None else "parts until Ctrl-C"
             print(f"running the line: {parts}", flush=True)
         summary = run_line(line, server)
+        summary.stored_dead_letters = stores.records.count_dead_letters()
     finally:
-        records.close()
-        blobs.close()
+        if api is not None:
+            api.close()
+        stores.close()
     print(f"records in {workdir / 'records.db'}, frames and heat maps in {workdir / 'blobs'}")
     print(
         f"look again later: linewatch serve --records sqlite:///{workdir / 'records.db'} --blobs {blobs_url}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -24,7 +23,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--records", default="sqlite:///linewatch-data/records.db", help="record store URL (%(default)s)"
     )
     serve.add_argument("--blobs", default="file:linewatch-data/blobs", help="blob store URL (%(default)s)")
-    serve.add_argument("--model", type=Path, help="model directory: enables POST /v1/inspect")
+    serve.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="[RECIPE=]DIR",
+        help="model directory for frames of RECIPE (default: the model's name); enables POST /v1/inspect; "
+        "repeat for more recipes",
+    )
     serve.add_argument("--host", help="address to listen on (default LINEWATCH_API_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default LINEWATCH_API_PORT or 8000)")
     serve.add_argument(
@@ -49,41 +55,39 @@ def run_serve(args: argparse.Namespace) -> int:
     return serve(settings, args.records, args.blobs, args.model)
 
 
-def serve(settings: ApiSettings, records_url: str, blobs_url: str, model_dir: Path | None) -> int:
+def serve(settings: ApiSettings, records_url: str, blobs_url: str, model_args: list[str]) -> int:
     """Run the API with uvicorn until interrupted."""
     import uvicorn
 
-    from services.api.app import create_app
-    from services.storage.stores import open_blob_store, open_record_store
-    from services.vision.inspector import Inspector
+    from services.api.server import ApiServerError
+    from services.commands.compose import build_api, load_models, open_stores, parse_model_args
 
-    inspector = Inspector.load(model_dir) if model_dir else None
-    records = open_record_store(records_url)
     try:
-        blobs = open_blob_store(blobs_url)
-    except ValueError as err:
-        records.close()
+        models = parse_model_args(model_args)
+        inspectors = load_models(models)
+        stores = open_stores(records_url, blobs_url)
+    except (ValueError, OSError) as err:
         print(f"linewatch serve: error: {err}", file=sys.stderr)
         return 2
     try:
-        app = create_app(settings, records, blobs, inspector)
-    except ValueError as err:
-        records.close()
-        blobs.close()
+        api = build_api(settings, stores, inspectors)
+    except ApiServerError as err:
+        stores.close()
         print(f"linewatch serve: error: {err}", file=sys.stderr)
         return 2
-    model = f"model {inspector.card.name} {inspector.card.version}" if inspector else "no model"
+    served = ", ".join(f"{recipe}: {path}" for recipe, path in models.items()) or "no model"
     log.info(
         "serving %s and %s with %s on http://%s:%d",
         records_url,
         blobs_url,
-        model,
+        served,
         settings.host,
         settings.port,
     )
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+        api.start_inference()
+        uvicorn.run(api.app, host=settings.host, port=settings.port, log_level="info")
     finally:
-        records.close()
-        blobs.close()
+        api.close()
+        stores.close()
     return 0

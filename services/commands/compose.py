@@ -1,0 +1,154 @@
+"""The composition root: where the commands turn settings into stores, models, inference, a line and
+an API. Nothing else opens adapters by URL or decides which runtime gets which port, so ``linewatch
+run``, ``demo`` and ``serve`` (and a Faust worker) are wired the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from services.storage.ports import BlobStore, RecordStore
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from services.api.server import ApiServer
+    from services.api.settings import ApiSettings
+    from services.config import LinewatchSettings
+    from services.inference.thread import InferenceThread
+    from services.stream.runtime import Line
+    from services.vision.inspector import Inspector
+
+log = logging.getLogger(__name__)
+
+API_INFERENCE_URL = "local://?detectors=1"
+"""The API's own inference port over the models it serves: one detector thread of its process."""
+
+
+@dataclass
+class Stores:
+    records: RecordStore
+    blobs: BlobStore
+
+    def close(self) -> None:
+        try:
+            self.records.close()
+        finally:
+            self.blobs.close()
+
+
+def open_stores(records_url: str, blobs_url: str, group_commit: bool = False) -> Stores:
+    """The record and blob stores the URLs name; raises ValueError or OSError (nothing left open)."""
+    from services.storage.stores import open_blob_store, open_record_store
+
+    records = open_record_store(records_url)
+    try:
+        blobs = open_blob_store(blobs_url, group_commit=group_commit)
+    except BaseException:
+        records.close()
+        raise
+    return Stores(records, blobs)
+
+
+def load_models(models: Mapping[str, Path]) -> dict[str, Inspector]:
+    """Recipe → the model loaded from its directory."""
+    from services.vision.inspector import Inspector
+
+    return {recipe: Inspector.load(path) for recipe, path in models.items()}
+
+
+def parse_model_args(values: list[str]) -> dict[str, Path]:
+    """``[RECIPE=]DIR`` arguments as recipe → directory; without ``RECIPE=`` the model's own name
+    (its card's) is the recipe it serves."""
+    from services.vision.artifact import read_card
+
+    models: dict[str, Path] = {}
+    for value in values:
+        recipe, equals, path = value.partition("=")
+        if not equals:
+            path, recipe = value, read_card(Path(value)).name
+        if recipe in models:
+            raise ValueError(f"two models for recipe {recipe!r}: {models[recipe]} and {path}")
+        models[recipe] = Path(path)
+    return models
+
+
+def build_line(
+    settings: LinewatchSettings, inspectors: Mapping[str, Inspector], stores: Stores, resume: bool = False
+) -> Line:
+    """The embedded line the settings describe; raises ValueError for bad URLs or settings."""
+    from services.inference.urls import open_inference
+    from services.ingest.urls import open_frame_source, open_process_source
+    from services.stream.runtime import Line
+
+    if not settings.frame_sources:
+        raise ValueError("the settings name no frame_sources")
+    context = settings.frame_context()
+    frames = [open_frame_source(url, context) for url in settings.frame_sources]
+    process = [open_process_source(url, settings.line_id) for url in settings.process_sources]
+    options = replace(settings.line_options(), skip_stored=resume)
+    inference = open_inference(settings.inference_url(), inspectors, options.max_batch)
+    return Line(frames, process, inference, stores.records, stores.blobs, options)
+
+
+@dataclass
+class Api:
+    """The API app and the inference thread behind its ``POST /v1/inspect`` (None without models)."""
+
+    app: FastAPI
+    inference: InferenceThread | None = None
+    server: ApiServer | None = field(default=None, repr=False)
+
+    def start_inference(self) -> None:
+        if self.inference is not None:
+            self.inference.start_in_thread()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        if self.inference is not None:
+            self.inference.close_thread()
+
+
+def build_api(
+    settings: ApiSettings,
+    stores: Stores,
+    inspectors: Mapping[str, Inspector] | None = None,
+    line: Line | None = None,
+) -> Api:
+    """The API over the stores, scoring uploads with ``inspectors`` (when given). Beside a ``line``
+    it admits uploads under the line's rules, joins them to its process history, and reports the
+    line's metrics and state. Raises ApiServerError when the settings are refused."""
+    from services.api.app import create_app
+    from services.api.server import ApiServerError
+    from services.inference.thread import InferenceThread
+    from services.inference.urls import open_inference
+
+    inference = InferenceThread(open_inference(API_INFERENCE_URL, inspectors)) if inspectors else None
+    try:
+        app = create_app(
+            settings,
+            stores.records,
+            stores.blobs,
+            inference,
+            line.metrics.registry if line is not None else None,
+            line.status if line is not None else None,
+            line.options.admission(inference.recipes) if line is not None and inference else None,
+            line.history if line is not None else None,
+        )
+    except ValueError as err:
+        raise ApiServerError(str(err)) from err
+    return Api(app, inference)
+
+
+def serve_beside(settings: ApiSettings, api: Api) -> ApiServer:
+    """Start ``api``'s inference and serve it from a thread on the settings' host and port."""
+    from services.api.server import ApiServer
+
+    api.start_inference()
+    api.server = ApiServer(api.app, settings.host, settings.port)
+    return api.server

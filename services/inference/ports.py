@@ -1,0 +1,70 @@
+"""The inference port: score a batch of one recipe's decoded frames, wherever the model lives."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from services.steps.detect import Detected
+
+
+class InferenceError(RuntimeError):
+    """A batch could not be scored (the model failed on it, or the server or worker is gone).
+
+    The caller dead-letters the batch's frames and goes on; the adapter recovers by itself (a dead
+    worker is started again, a server is retried) for the next batch."""
+
+
+class InferencePort(Protocol):
+    """Scores batches of decoded frames with the model of their recipe.
+
+    Used from one asyncio event loop: :meth:`start` in it, then :meth:`detect` from any number of
+    its tasks (at most :attr:`slots` are scored at once; more wait their turn), then :meth:`close`.
+    """
+
+    @property
+    def url(self) -> str:
+        """The URL this adapter was opened with (for logs and errors)."""
+        ...
+
+    @property
+    def recipes(self) -> frozenset[str]:
+        """The recipes it has a model for; frames of any other recipe are refused at admission."""
+        ...
+
+    @property
+    def models(self) -> dict[str, str]:
+        """Recipe → the model that scores it, as "name version" (for /ready and logs)."""
+        ...
+
+    @property
+    def slots(self) -> int:
+        """How many batches it scores at once: a caller that keeps this many in flight keeps it busy."""
+        ...
+
+    async def start(self) -> None:
+        """Load the models (or connect) and warm up; raises InferenceError when it cannot."""
+        ...
+
+    async def detect(
+        self, recipe: str, images: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]
+    ) -> Detected:
+        """Score ``images`` (decoded RGB frames of ``recipe``) as one batch; ``sizes`` are the frames'
+        (height, width) that defects and heat maps are measured in. Raises InferenceError (or
+        KeyError for a recipe it has no model for)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop scoring and let go of workers and connections; safe to call twice."""
+        ...
+
+
+def describe_models(inspectors: Mapping[str, object]) -> dict[str, str]:
+    """Recipe → "name version" of in-process inspectors (anything with a ``card``)."""
+    out = {}
+    for recipe, inspector in inspectors.items():
+        card = getattr(inspector, "card", None)
+        out[recipe] = f"{card.name} {card.version}" if card is not None else type(inspector).__name__
+    return out
