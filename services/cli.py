@@ -13,7 +13,12 @@ from services.vision.backbone import BackboneError
 from services.vision.dataset import DatasetError
 from services.vision.images import ImageError
 
-COMMAND_MODULES = ("services.commands.vision", "services.commands.line", "services.commands.serve")
+COMMAND_MODULES = (
+    "services.commands.vision",
+    "services.commands.line",
+    "services.commands.serve",
+    "services.commands.distributed",
+)
 USER_ERRORS = (ArtifactError, BackboneError, DatasetError, ImageError, FileNotFoundError)
 
 

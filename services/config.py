@@ -53,6 +53,53 @@ class ProcessSettings(Section):
     clock_skew_s: float = Field(default=2.0, ge=0, description="Timestamps further ahead are dead letters")
 
 
+class TopicSettings(Section):
+    frames: str = "linewatch.frames"
+    process: str = "linewatch.process"
+    inspections: str = "linewatch.inspections"
+    alerts: str = "linewatch.alerts"
+    dead_letters: str = "linewatch.dead-letters"
+
+
+class KafkaSettings(Section):
+    """The distributed runtime's broker, topics and Faust worker (``linewatch ingest``, ``worker``)."""
+
+    bootstrap_servers: str = Field(default="127.0.0.1:9092", description="host:port[,host:port...]")
+    app_id: str = Field(default="linewatch", description="Faust app id: the consumer group of the workers")
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    partitions: int = Field(default=4, ge=1, description="Partitions of each topic created at start")
+    replication_factor: int = Field(default=1, ge=1)
+    security_protocol: str = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"
+    )
+    sasl_mechanism: str | None = Field(default=None, description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512")
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: Path | None = None
+    producer_batch_records: int = Field(
+        default=1,
+        ge=1,
+        description="Records per producer batch: 1 for brokers whose offsets go wrong with batches "
+        "(Tansu); raise it on Apache Kafka",
+    )
+    compression: str = Field(
+        default="gzip", description="none or gzip (lz4, snappy, zstd need their libraries in the workers)"
+    )
+    idempotent_producer: bool = Field(
+        default=False, description="Needs a broker with idempotent producers (Apache Kafka; not Tansu)"
+    )
+    buffer_records: int = Field(
+        default=10_000, ge=1, description="Records a producer keeps while the broker is away, then waits"
+    )
+    session_timeout_s: float = Field(
+        default=6.0, gt=0, description="A dead worker's partitions move after it"
+    )
+    history_samples: int = Field(default=120, ge=1, description="Process samples kept per line in the table")
+    late_process_s: float = Field(
+        default=1.0, ge=0, description="How long a frame waits for a process sample taken after it"
+    )
+
+
 class LinewatchSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LINEWATCH_", env_nested_delimiter="__", extra="forbid")
 
@@ -80,6 +127,7 @@ class LinewatchSettings(BaseSettings):
         "inference, when set, decides instead",
     )
     api: Annotated[ApiSettings, BeforeValidator(_api_settings)] = Field(default_factory=ApiSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
 
     @classmethod
     def settings_customise_sources(

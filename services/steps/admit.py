@@ -194,12 +194,12 @@ def frame_size(frame: Frame) -> tuple[int, int]:
     return frame.image.height, frame.image.width
 
 
-def admit(
+def claim(
     captured: CapturedFrame | DeadLetter, rules: AdmissionRules, blobs: BlobStore, now: datetime | None = None
 ) -> Admitted:
-    """Check a captured frame, store its bytes (the claim check) and decode it.
+    """Check a captured frame and store its bytes (the claim check): the frame, or a dead letter.
 
-    Returns the frame and its pixels, or a dead letter (a source's own dead letter passes through).
+    What a producer does before it publishes the frame's reference; :func:`admit` goes on to decode.
     When the blob store is full the frame is dead-lettered and ``full`` says so: the caller decides
     whether to stop. ``now`` is the clock that capture times are checked against (default: now).
     """
@@ -218,18 +218,47 @@ def admit(
         admitted.letter = frame
         return admitted
     admitted.letter = check_capture_time(frame, now or datetime.now(UTC), rules.clock_skew_s)
-    if admitted.letter is not None:
+    if admitted.letter is None:
+        admitted.frame = frame
+        admitted.timings_ms["ingest"] = elapsed_ms(entered)
+    return admitted
+
+
+def admit(
+    captured: CapturedFrame | DeadLetter, rules: AdmissionRules, blobs: BlobStore, now: datetime | None = None
+) -> Admitted:
+    """:func:`claim`, then decode: the frame and its pixels, or a dead letter (a source's own dead
+    letter passes through)."""
+    admitted = claim(captured, rules, blobs, now)
+    if admitted.frame is None:
         return admitted
-    admitted.timings_ms["ingest"] = elapsed_ms(entered)
-    image = captured.image
+    assert not isinstance(captured, DeadLetter)
+    frame, image = admitted.frame, captured.image
     if image is None:
         assert captured.data is not None  # a captured frame holds one of the two
         start = time.perf_counter()
         decoded = decode(frame, captured.data, rules.max_megapixels)
         admitted.timings_ms["decode"] = elapsed_ms(start)
         if isinstance(decoded, DeadLetter):
-            admitted.letter = decoded
+            admitted.frame, admitted.letter = None, decoded
             return admitted
         image = decoded
     admitted.frame, admitted.image = upright(frame, image), image
     return admitted
+
+
+def load_frame(frame: Frame, blobs: BlobStore, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Admitted:
+    """A frame whose reference came over a topic: its bytes fetched from the blob store and decoded.
+
+    A frame whose bytes are gone (``missing_blob``) or cannot be decoded is a dead letter."""
+    start = time.perf_counter()
+    try:
+        data = blobs.get(frame.image.uri)
+    except (OSError, KeyError, ValueError) as err:
+        detail = f"cannot read the frame's bytes ({type(err).__name__}: {err})"
+        return Admitted(letter=reject("decode", "missing_blob", detail, frame.image.uri, frame.frame_id))
+    decoded = decode(frame, data, max_megapixels)
+    timings = {"decode": elapsed_ms(start)}
+    if isinstance(decoded, DeadLetter):
+        return Admitted(letter=decoded, timings_ms=timings)
+    return Admitted(frame=upright(frame, decoded), image=decoded, timings_ms=timings)

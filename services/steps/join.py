@@ -10,6 +10,7 @@ than ``skew_s`` (a machine or camera with a wrong clock) are refused as dead let
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -89,18 +90,29 @@ class ProcessHistory:
     def snapshot(self, line_id: str, captured_at: datetime) -> ProcessSnapshot:
         """The process in force on ``line_id`` at ``captured_at``."""
         line = self._lines.get(line_id)
-        at = bisect.bisect_right(line.times, captured_at) if line else 0
-        if line is None or at == 0:
+        if line is None:
             return ProcessSnapshot(status="missing")
-        sample = line.samples[at - 1]
-        age_s = (captured_at - sample.ts).total_seconds()
-        return ProcessSnapshot(
-            status="ok" if age_s <= self.max_age_s else "stale",
-            params=dict(sample.params),
-            sample_ts=sample.ts,
-            age_s=age_s,
-            machine_id=sample.machine_id,
-        )
+        return as_of(line.times, line.samples, captured_at, self.max_age_s)
+
+
+def as_of(
+    times: Sequence[datetime], samples: Sequence[ProcessSample], captured_at: datetime, max_age_s: float
+) -> ProcessSnapshot:
+    """The as-of join over one line's samples in time order (``times`` their timestamps): the latest
+    sample taken at or before ``captured_at``, ``ok`` when at most ``max_age_s`` old, else ``stale``;
+    ``missing`` when there is none."""
+    at = bisect.bisect_right(times, captured_at)
+    if at == 0:
+        return ProcessSnapshot(status="missing")
+    sample = samples[at - 1]
+    age_s = (captured_at - sample.ts).total_seconds()
+    return ProcessSnapshot(
+        status="ok" if age_s <= max_age_s else "stale",
+        params=dict(sample.params),
+        sample_ts=sample.ts,
+        age_s=age_s,
+        machine_id=sample.machine_id,
+    )
 
 
 def join_process(history: ProcessHistory, frame: Frame) -> ProcessSnapshot:

@@ -1,0 +1,294 @@
+"""The Faust worker: agents over linewatch's topics, each a loop over the steps of ``services/steps``.
+
+- **process** (``process`` topic): each sample into the process table (a Faust global table with a
+  changelog: every worker holds every line's recent samples, and a restarted worker reads them back
+  from the changelog before it takes frames).
+- **inspect** (``frames`` topic, batches via ``take``): load (the frame's bytes from the blob store,
+  decoded), join (as of the table; a batch waits up to ``late_process_s`` for samples taken after
+  its frames), detect (the inference port), finish (defects, heat maps into the blob store, made durable),
+  then every ``Inspection`` published to ``inspections`` and confirmed by the broker.
+- **sink** (``inspections``): the records stored in the record store, idempotent by ``frame_id``.
+- **dead letters** (``dead-letters``): stored in the record store.
+
+Offsets are committed only for messages whose agent has finished with them (a batch is
+acknowledged once its records are confirmed on the next topic or stored): delivery is at least
+once, and the sinks are idempotent, so a worker killed at any point and started again leaves one
+record per frame. A message that is not a record, a frame that cannot be loaded or scored, a store
+that fails: each becomes a dead letter or is retried; an agent never dies on one record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from schemas.dead_letter import DeadLetter, reject
+from schemas.frame import Frame
+from schemas.inspection import Inspection
+from schemas.process import ProcessSample
+from services.distributed.codec import decode_record, encode, frame_key
+from services.steps.admit import Admitted, frame_size, load_frame
+from services.steps.finish import finish_batch
+from services.steps.join import as_of, future_timestamp
+from services.steps.store import store_group
+
+if TYPE_CHECKING:
+    import faust
+
+    from services.config import LinewatchSettings
+    from services.inference.thread import InferenceThread
+    from services.storage.ports import BlobStore, RecordStore
+
+log = logging.getLogger(__name__)
+
+TABLE = "process-history"
+STORE_RETRY_S = (0.5, 1.0, 2.0, 5.0)  # waits between tries of a store that failed, then dead letters
+
+
+def changelog_topic(settings: LinewatchSettings) -> str:
+    return f"{settings.kafka.app_id}-{TABLE}-changelog"
+
+
+class Resources:
+    """The stores and the inference port of one worker, opened on first use (in the worker)."""
+
+    def __init__(
+        self,
+        records: RecordStore,
+        blobs: BlobStore,
+        inference: InferenceThread,
+    ) -> None:
+        self.records, self.blobs, self.inference = records, blobs, inference
+        self._started = False
+        self._lock = asyncio.Lock()
+
+    async def ready(self) -> None:
+        async with self._lock:
+            if not self._started:
+                await asyncio.to_thread(self.inference.start_in_thread)
+                self._started = True
+
+    def close(self) -> None:
+        self.inference.close_thread()
+        self.records.close()
+        self.blobs.close()
+
+
+def where(event: Any) -> str:
+    message = event.message
+    return f"{message.topic}[{message.partition}]@{message.offset}"
+
+
+def samples_of(entry: Mapping[str, Any] | None) -> tuple[list[datetime], list[ProcessSample]]:
+    """A table entry (a line's recent samples, oldest first) as times and samples."""
+    samples = [ProcessSample.model_validate(raw) for raw in (entry or {}).get("samples", [])]
+    return [sample.ts for sample in samples], samples
+
+
+def build_app(settings: LinewatchSettings, resources: Resources, datadir: Path) -> faust.App:
+    """The Faust app of a linewatch worker over ``resources``."""
+    import faust
+
+    kafka, topics = settings.kafka, settings.kafka.topics
+    app = faust.App(
+        kafka.app_id,
+        broker=f"kafka://{kafka.bootstrap_servers.replace(',', ';kafka://')}",
+        store="memory://",
+        datadir=str(datadir),
+        topic_replication_factor=kafka.replication_factor,
+        topic_partitions=kafka.partitions,
+        topic_allow_declare=False,  # created at start with the configured partitions (ensure_topics)
+        broker_session_timeout=kafka.session_timeout_s,
+        broker_heartbeat_interval=max(0.5, kafka.session_timeout_s / 6),
+        producer_max_batch_size=16384 if kafka.producer_batch_records > 1 else 1,
+        producer_compression_type=None if kafka.compression == "none" else kafka.compression,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        table_standby_replicas=0,
+        broker_credentials=_credentials(settings),
+    )
+
+    def raw_topic(name: str) -> Any:
+        return app.topic(name, key_serializer="raw", value_serializer="raw")
+
+    frames_topic = raw_topic(topics.frames)
+    process_topic = raw_topic(topics.process)
+    inspections_topic = raw_topic(topics.inspections)
+    dead_topic = raw_topic(topics.dead_letters)
+    history = app.GlobalTable(TABLE, default=None, key_type=bytes)  # values: the app's JSON
+    max_batch, within = settings.batching.max_batch, settings.batching.max_wait_ms / 1000.0
+    max_age_s, skew_s = settings.process.max_age_s, settings.process.clock_skew_s
+
+    async def dead_letter(letter: DeadLetter) -> None:
+        await (await dead_topic.send(key=(letter.frame_id or "").encode() or None, value=encode(letter)))
+
+    @app.agent(process_topic)
+    async def process(stream: Any) -> None:
+        async for event in stream.events():
+            sample = decode_record(ProcessSample, event.value, "process", where(event))
+            if isinstance(sample, DeadLetter):
+                await dead_letter(sample)
+                continue
+            if future_timestamp(sample.ts, datetime.now(UTC), skew_s):
+                detail = f"sample ts {sample.ts.isoformat()} is ahead of the clock (allowed skew {skew_s} s)"
+                await dead_letter(reject("process", "future_timestamp", detail, sample.model_dump_json()))
+                continue
+            key = sample.line_id.encode()
+            _, samples = samples_of(history.get(key))
+            samples = sorted([*samples, sample], key=lambda s: s.ts)[-kafka.history_samples :]
+            history[key] = {"samples": [s.model_dump(mode="json") for s in samples]}
+
+    async def wait_for_process(frames: Sequence[Frame]) -> None:
+        """Let the frames wait, up to ``late_process_s``, until the table holds a sample of their line
+        taken at or after each of them (a sample still on its way would be the one in force); then
+        they are joined with what there is. A sample that comes later changes no stored record."""
+        deadline = time.monotonic() + kafka.late_process_s
+        for frame in frames:
+            while time.monotonic() < deadline:
+                times, _ = samples_of(history.get(frame.line_id.encode()))
+                if times and times[-1] >= frame.captured_at:
+                    break
+                await asyncio.sleep(0.05)
+
+    async def inspect_batch(frames: list[Frame]) -> None:
+        loaded: list[Admitted] = await asyncio.gather(
+            *(asyncio.to_thread(load_frame, frame, resources.blobs) for frame in frames)
+        )
+        ready = []
+        for admitted in loaded:
+            if admitted.letter is not None:
+                await dead_letter(admitted.letter)
+            else:
+                ready.append(admitted)
+        await wait_for_process([a.frame for a in ready if a.frame is not None])
+        by_recipe: dict[str, list[Admitted]] = {}
+        for admitted in ready:
+            assert admitted.frame is not None
+            if admitted.frame.recipe not in resources.inference.recipes:
+                models = ", ".join(sorted(resources.inference.recipes)) or "none"
+                detail = (
+                    f"no model for recipe {admitted.frame.recipe!r} on this worker (models for: {models})"
+                )
+                frame = admitted.frame
+                await dead_letter(reject("inspect", "no_model", detail, frame.image.uri, frame.frame_id))
+                continue
+            by_recipe.setdefault(admitted.frame.recipe, []).append(admitted)
+        for recipe, group in by_recipe.items():
+            batch = [a.frame for a in group if a.frame is not None]
+            try:
+                images = [a.image for a in group if a.image is not None]
+                detected = await resources.inference.detect(recipe, images, [frame_size(f) for f in batch])
+                snapshots = []
+                for frame in batch:
+                    times, samples = samples_of(history.get(frame.line_id.encode()))
+                    snapshots.append(as_of(times, samples, frame.captured_at, max_age_s))
+                timings = [a.timings_ms for a in group]
+                records = await asyncio.to_thread(
+                    finish_batch, batch, detected, resources.blobs, snapshots, timings_ms=timings
+                )
+                await asyncio.to_thread(resources.blobs.sync)  # durable before a record points at them
+            except Exception as err:  # a worker never dies on one batch: its frames are dead letters
+                log.exception("inspecting a batch of %d frames failed", len(batch))
+                for frame in batch:
+                    detail = f"{type(err).__name__}: {err}"
+                    await dead_letter(
+                        reject("inspect", "inspect_error", detail, frame.image.uri, frame.frame_id)
+                    )
+                continue
+            sent = [
+                await inspections_topic.send(key=frame_key(r_frame), value=encode(record))
+                for r_frame, record in zip(batch, records, strict=True)
+            ]
+            await asyncio.gather(*sent)  # confirmed by the broker before the frames are acknowledged
+
+    @app.agent(frames_topic)
+    async def inspect(stream: Any) -> None:
+        await resources.ready()
+        async for events in stream.take_events(max_batch, within=max(within, 0.001)):
+            frames = []
+            for event in events:
+                frame = decode_record(Frame, event.value, "ingest", where(event))
+                if isinstance(frame, DeadLetter):
+                    await dead_letter(frame)
+                else:
+                    frames.append(frame)
+            if frames:
+                await inspect_batch(frames)
+
+    async def store_with_retries(inspections: list[Inspection]) -> None:
+        pending = inspections
+        for wait_s in (*STORE_RETRY_S, None):
+            results = await asyncio.to_thread(store_group, resources.records, resources.blobs, pending)
+            failed = [(i, e) for i, (e, _) in zip(pending, results, strict=True) if e is not None]
+            if not failed:
+                return
+            pending = [inspection for inspection, _ in failed]
+            if wait_s is None:
+                for inspection, error in failed:
+                    uri = inspection.image.uri if inspection.image else "<none>"
+                    await dead_letter(reject("store", "store_error", str(error), uri, inspection.frame_id))
+                return
+            log.warning(
+                "storing %d records failed (%s); trying again in %.1f s", len(pending), failed[0][1], wait_s
+            )
+            await asyncio.sleep(wait_s)
+
+    @app.agent(inspections_topic)
+    async def sink(stream: Any) -> None:
+        async for events in stream.take_events(64, within=0.2):
+            inspections = []
+            for event in events:
+                record = decode_record(Inspection, event.value, "store", where(event))
+                if isinstance(record, DeadLetter):
+                    await dead_letter(record)
+                else:
+                    inspections.append(record)
+            if inspections:
+                await store_with_retries(inspections)
+
+    @app.agent(dead_topic)
+    async def dead_letters(stream: Any) -> None:
+        async for event in stream.events():
+            letter = decode_record(DeadLetter, event.value, "dead_letter", where(event))  # or one about it
+            for wait_s in (*STORE_RETRY_S, None):
+                try:
+                    await asyncio.to_thread(resources.records.add_dead_letter, letter)
+                    break
+                except Exception as err:  # the store may be down: wait for it, then give up loudly
+                    if wait_s is None:
+                        log.error("could not store a dead letter (%s): %s", letter.reason, err)
+                        break
+                    await asyncio.sleep(wait_s)
+
+    app.linewatch_agents = (process, inspect, sink, dead_letters)  # type: ignore[attr-defined]
+    return app
+
+
+def _credentials(settings: LinewatchSettings) -> Any:
+    kafka = settings.kafka
+    if kafka.security_protocol == "PLAINTEXT":
+        return None
+    import ssl
+
+    import faust
+
+    context = None
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
+    if kafka.sasl_mechanism:
+        if kafka.sasl_mechanism == "PLAIN":
+            return faust.SASLCredentials(
+                username=kafka.sasl_username, password=kafka.sasl_password, ssl_context=context
+            )
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password,
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context)
