@@ -94,7 +94,11 @@ class KafkaSettings(Section):
     session_timeout_s: float = Field(
         default=6.0, gt=0, description="A dead worker's partitions move after it"
     )
-    history_samples: int = Field(default=120, ge=1, description="Process samples kept per line in the table")
+    sink_records: str | None = Field(
+        default=None,
+        description="A second record store that a sink agent fills from the inspections topic "
+        "(the workers store into stores.records themselves)",
+    )
     late_process_s: float = Field(
         default=1.0, ge=0, description="How long a frame waits for a process sample taken after it"
     )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +104,13 @@ def run_worker(args: argparse.Namespace) -> int:
 
     from services.commands.compose import load_models, open_stores
     from services.config import load_settings
+    from services.distributed.process_reader import ProcessReader
     from services.distributed.topics import ensure_topics
-    from services.distributed.worker import Resources, build_app, changelog_topic
+    from services.distributed.worker import Resources, build_app
     from services.inference.thread import InferenceThread
     from services.inference.urls import open_inference
+    from services.steps.join import ProcessHistory
+    from services.storage.stores import open_record_store
 
     try:
         settings = load_settings(args.config)
@@ -113,13 +118,16 @@ def run_worker(args: argparse.Namespace) -> int:
         if not inspectors:
             raise ValueError(f"{args.config} names no models")
         inference = open_inference(settings.inference_url(), inspectors, settings.batching.max_batch)
-        ensure_topics(settings.kafka, extra=[changelog_topic(settings)])
+        ensure_topics(settings.kafka)
         stores = open_stores(settings.stores.records, settings.stores.blobs, group_commit=True)
+        sink = open_record_store(settings.kafka.sink_records) if settings.kafka.sink_records else None
     except (ValueError, OSError, RuntimeError) as err:
         print(f"linewatch worker: error: {err}", file=sys.stderr)
         return 2
     args.datadir.mkdir(parents=True, exist_ok=True)
-    resources = Resources(stores.records, stores.blobs, InferenceThread(inference))
+    history = ProcessHistory(settings.process.max_age_s, settings.process.clock_skew_s)
+    reader = ProcessReader(settings.kafka, history)
+    resources = Resources(stores.records, stores.blobs, InferenceThread(inference), reader, sink)
     app = build_app(settings, resources, args.datadir)
     log.info(
         "worker of %s on %s, models for %s",
@@ -127,8 +135,32 @@ def run_worker(args: argparse.Namespace) -> int:
         settings.kafka.bootstrap_servers,
         ", ".join(sorted(inspectors)),
     )
+    signal.signal(signal.SIGUSR1, _dump_tasks)
     try:
-        faust.Worker(app, loglevel="INFO", quiet=True).execute_from_commandline()
+        resources.start()
+        level = os.environ.get("LINEWATCH_WORKER_LOG", "INFO")
+        faust.Worker(app, loglevel=level, quiet=True).execute_from_commandline()
     finally:
         resources.close()
     return 0
+
+
+def _dump_tasks(*_: object) -> None:
+    """SIGUSR1: log where every asyncio task of the worker waits (for a worker that seems stuck)."""
+    import asyncio
+
+    try:
+        tasks = asyncio.all_tasks(asyncio.get_event_loop())
+    except RuntimeError:
+        return
+    for task in tasks:
+        chain: list[str] = []
+        awaited: Any = task.get_coro()
+        while awaited is not None and len(chain) < 40:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+            if frame is not None:
+                chain.append(
+                    f"{frame.f_code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno} {frame.f_code.co_name}"
+                )
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+        log.warning("task %s waits in: %s", task.get_name(), " -> ".join(chain) or repr(task))

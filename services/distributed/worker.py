@@ -1,17 +1,18 @@
 """The Faust worker: agents over linewatch's topics, each a loop over the steps of ``services/steps``.
 
-- **process** (``process`` topic): each sample into the process table (a Faust global table with a
-  changelog: every worker holds every line's recent samples, and a restarted worker reads them back
-  from the changelog before it takes frames).
-- **inspect** (``frames`` topic, batches via ``take``): load (the frame's bytes from the blob store,
-  decoded), join (as of the table; a batch waits up to ``late_process_s`` for samples taken after
+- **process history** (``process`` topic): every worker holds every line's recent samples, read by
+  a thread of its own from every partition of the topic (``process_reader.py``); a restarted
+  worker reads them back from the topic before it takes frames. The ``process`` agent only
+  dead-letters what is not a sample.
+- **inspect** (``frames`` topic, one message at a time): load (the frame's bytes from the blob store,
+  decoded), join (as of the history; a batch waits up to ``late_process_s`` for samples taken after
   its frames), detect (the inference port), finish (defects, heat maps into the blob store, made durable),
   then every ``Inspection`` published to ``inspections`` and confirmed by the broker.
 - **sink** (``inspections``): the records stored in the record store, idempotent by ``frame_id``.
 - **dead letters** (``dead-letters``): stored in the record store.
 
-Offsets are committed only for messages whose agent has finished with them (a batch is
-acknowledged once its records are confirmed on the next topic or stored): delivery is at least
+Offsets are committed only for messages whose agent has finished with them (a batch of frames is
+acknowledged once its records are stored and confirmed on ``inspections``): delivery is at least
 once, and the sinks are idempotent, so a worker killed at any point and started again leaves one
 record per frame. A message that is not a record, a frame that cannot be loaded or scored, a store
 that fails: each becomes a dead letter or is retried; an agent never dies on one record.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,60 +35,72 @@ from schemas.process import ProcessSample
 from services.distributed.codec import decode_record, encode, frame_key
 from services.steps.admit import Admitted, frame_size, load_frame
 from services.steps.finish import finish_batch
-from services.steps.join import as_of, future_timestamp
+from services.steps.join import future_timestamp
 from services.steps.store import store_group
 
 if TYPE_CHECKING:
     import faust
 
     from services.config import LinewatchSettings
+    from services.distributed.process_reader import ProcessReader
     from services.inference.thread import InferenceThread
     from services.storage.ports import BlobStore, RecordStore
 
 log = logging.getLogger(__name__)
 
-TABLE = "process-history"
 STORE_RETRY_S = (0.5, 1.0, 2.0, 5.0)  # waits between tries of a store that failed, then dead letters
 
 
-def changelog_topic(settings: LinewatchSettings) -> str:
-    return f"{settings.kafka.app_id}-{TABLE}-changelog"
-
-
 class Resources:
-    """The stores and the inference port of one worker, opened on first use (in the worker)."""
+    """The stores and the inference port of one worker; :meth:`start` before the Faust worker
+    starts, so that the agents never wait for a model (a stream that starts late loses messages
+    that reached it meanwhile)."""
 
     def __init__(
         self,
         records: RecordStore,
         blobs: BlobStore,
         inference: InferenceThread,
+        reader: ProcessReader,
+        sink: RecordStore | None = None,
     ) -> None:
-        self.records, self.blobs, self.inference = records, blobs, inference
-        self._started = False
-        self._lock = asyncio.Lock()
+        self.records, self.blobs, self.inference, self.sink = records, blobs, inference, sink
+        self.reader = reader
 
-    async def ready(self) -> None:
-        async with self._lock:
-            if not self._started:
-                await asyncio.to_thread(self.inference.start_in_thread)
-                self._started = True
+    def start(self) -> None:
+        """Start the inference port (load the models, start detector processes, warm up) and read
+        the process history back from its topic."""
+        self.inference.start_in_thread()
+        self.reader.start()
+        log.info("process history: %d samples read back from %s", self.reader.samples, self.reader.topic)
 
     def close(self) -> None:
+        self.reader.close()
         self.inference.close_thread()
         self.records.close()
         self.blobs.close()
+        if self.sink is not None:
+            self.sink.close()
+
+
+async def one_by_one(stream: Any) -> AsyncIterator[list[Any]]:
+    """Each event of ``stream`` as a batch of one, acknowledged once the caller has finished with it
+    (asks for the next), so that its offset is committed only then.
+
+    Faust's ``take``/``take_events`` and a reader task of our own over ``stream.noack()`` both lost
+    messages now and then when a worker restarted on a backlog (offsets skipped, or a stream that
+    stopped receiving); one event at a time, in the agent's own task, did not. Batching across
+    frames is left to the inference port (see docs/decisions.md).
+    """
+    manual = stream.noack()
+    async for event in manual.events():
+        yield [event]
+        await manual.ack(event)
 
 
 def where(event: Any) -> str:
     message = event.message
     return f"{message.topic}[{message.partition}]@{message.offset}"
-
-
-def samples_of(entry: Mapping[str, Any] | None) -> tuple[list[datetime], list[ProcessSample]]:
-    """A table entry (a line's recent samples, oldest first) as times and samples."""
-    samples = [ProcessSample.model_validate(raw) for raw in (entry or {}).get("samples", [])]
-    return [sample.ts for sample in samples], samples
 
 
 def build_app(settings: LinewatchSettings, resources: Resources, datadir: Path) -> faust.App:
@@ -120,28 +133,23 @@ def build_app(settings: LinewatchSettings, resources: Resources, datadir: Path) 
     process_topic = raw_topic(topics.process)
     inspections_topic = raw_topic(topics.inspections)
     dead_topic = raw_topic(topics.dead_letters)
-    history = app.GlobalTable(TABLE, default=None, key_type=bytes)  # values: the app's JSON
-    max_batch, within = settings.batching.max_batch, settings.batching.max_wait_ms / 1000.0
-    max_age_s, skew_s = settings.process.max_age_s, settings.process.clock_skew_s
+    reader = resources.reader
+    skew_s = settings.process.clock_skew_s
 
     async def dead_letter(letter: DeadLetter) -> None:
         await (await dead_topic.send(key=(letter.frame_id or "").encode() or None, value=encode(letter)))
 
     @app.agent(process_topic)
     async def process(stream: Any) -> None:
+        """Dead-letters what on the process topic is not a sample (once: one worker per partition);
+        the samples themselves reach every worker's history through its reader."""
         async for event in stream.events():
             sample = decode_record(ProcessSample, event.value, "process", where(event))
             if isinstance(sample, DeadLetter):
                 await dead_letter(sample)
-                continue
-            if future_timestamp(sample.ts, datetime.now(UTC), skew_s):
+            elif future_timestamp(sample.ts, datetime.now(UTC), skew_s):
                 detail = f"sample ts {sample.ts.isoformat()} is ahead of the clock (allowed skew {skew_s} s)"
                 await dead_letter(reject("process", "future_timestamp", detail, sample.model_dump_json()))
-                continue
-            key = sample.line_id.encode()
-            _, samples = samples_of(history.get(key))
-            samples = sorted([*samples, sample], key=lambda s: s.ts)[-kafka.history_samples :]
-            history[key] = {"samples": [s.model_dump(mode="json") for s in samples]}
 
     async def wait_for_process(frames: Sequence[Frame]) -> None:
         """Let the frames wait, up to ``late_process_s``, until the table holds a sample of their line
@@ -150,12 +158,12 @@ def build_app(settings: LinewatchSettings, resources: Resources, datadir: Path) 
         deadline = time.monotonic() + kafka.late_process_s
         for frame in frames:
             while time.monotonic() < deadline:
-                times, _ = samples_of(history.get(frame.line_id.encode()))
-                if times and times[-1] >= frame.captured_at:
+                latest = reader.latest(frame.line_id)
+                if latest is not None and latest >= frame.captured_at:
                     break
                 await asyncio.sleep(0.05)
 
-    async def inspect_batch(frames: list[Frame]) -> None:
+    async def inspect_batch(frames: list[Frame], offsets: str) -> None:
         loaded: list[Admitted] = await asyncio.gather(
             *(asyncio.to_thread(load_frame, frame, resources.blobs) for frame in frames)
         )
@@ -183,10 +191,8 @@ def build_app(settings: LinewatchSettings, resources: Resources, datadir: Path) 
             try:
                 images = [a.image for a in group if a.image is not None]
                 detected = await resources.inference.detect(recipe, images, [frame_size(f) for f in batch])
-                snapshots = []
-                for frame in batch:
-                    times, samples = samples_of(history.get(frame.line_id.encode()))
-                    snapshots.append(as_of(times, samples, frame.captured_at, max_age_s))
+                with reader.lock:
+                    snapshots = [reader.history.snapshot(f.line_id, f.captured_at) for f in batch]
                 timings = [a.timings_ms for a in group]
                 records = await asyncio.to_thread(
                     finish_batch, batch, detected, resources.blobs, snapshots, timings_ms=timings
@@ -200,16 +206,17 @@ def build_app(settings: LinewatchSettings, resources: Resources, datadir: Path) 
                         reject("inspect", "inspect_error", detail, frame.image.uri, frame.frame_id)
                     )
                 continue
+            await store_with_retries(records, resources.records)  # stored before the frames are acked
             sent = [
                 await inspections_topic.send(key=frame_key(r_frame), value=encode(record))
                 for r_frame, record in zip(batch, records, strict=True)
             ]
-            await asyncio.gather(*sent)  # confirmed by the broker before the frames are acknowledged
+            await asyncio.gather(*sent)  # and published for downstream consumers, confirmed
+            log.info("inspected %d frames of %s (%s)", len(batch), recipe, offsets)
 
     @app.agent(frames_topic)
     async def inspect(stream: Any) -> None:
-        await resources.ready()
-        async for events in stream.take_events(max_batch, within=max(within, 0.001)):
+        async for events in one_by_one(stream):
             frames = []
             for event in events:
                 frame = decode_record(Frame, event.value, "ingest", where(event))
@@ -218,12 +225,12 @@ def build_app(settings: LinewatchSettings, resources: Resources, datadir: Path) 
                 else:
                     frames.append(frame)
             if frames:
-                await inspect_batch(frames)
+                await inspect_batch(frames, ", ".join(where(event) for event in events))
 
-    async def store_with_retries(inspections: list[Inspection]) -> None:
+    async def store_with_retries(inspections: list[Inspection], store: RecordStore) -> None:
         pending = inspections
         for wait_s in (*STORE_RETRY_S, None):
-            results = await asyncio.to_thread(store_group, resources.records, resources.blobs, pending)
+            results = await asyncio.to_thread(store_group, store, resources.blobs, pending)
             failed = [(i, e) for i, (e, _) in zip(pending, results, strict=True) if e is not None]
             if not failed:
                 return
@@ -238,9 +245,10 @@ def build_app(settings: LinewatchSettings, resources: Resources, datadir: Path) 
             )
             await asyncio.sleep(wait_s)
 
-    @app.agent(inspections_topic)
     async def sink(stream: Any) -> None:
-        async for events in stream.take_events(64, within=0.2):
+        """The ``inspections`` topic into a second record store (``kafka.sink_records``)."""
+        assert resources.sink is not None
+        async for events in one_by_one(stream):
             inspections = []
             for event in events:
                 record = decode_record(Inspection, event.value, "store", where(event))
@@ -249,7 +257,11 @@ def build_app(settings: LinewatchSettings, resources: Resources, datadir: Path) 
                 else:
                     inspections.append(record)
             if inspections:
-                await store_with_retries(inspections)
+                await store_with_retries(inspections, resources.sink)
+                log.info("stored %d records (%s)", len(inspections), ", ".join(where(e) for e in events))
+
+    if resources.sink is not None:
+        app.agent(inspections_topic, name="sink")(sink)
 
     @app.agent(dead_topic)
     async def dead_letters(stream: Any) -> None:
@@ -265,7 +277,6 @@ def build_app(settings: LinewatchSettings, resources: Resources, datadir: Path) 
                         break
                     await asyncio.sleep(wait_s)
 
-    app.linewatch_agents = (process, inspect, sink, dead_letters)  # type: ignore[attr-defined]
     return app
 
 
