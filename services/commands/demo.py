@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +41,7 @@ class DemoOptions:
     seed: int = 0
     keep_frames: bool = True
     train_parts: int = 60
+    fresh: bool = False  # delete an earlier run in workdir instead of keeping it under previous/
 
 
 def train_detector(options: DemoOptions) -> Path:
@@ -62,12 +64,40 @@ def train_detector(options: DemoOptions) -> Path:
     return model_dir
 
 
+RUN_FILES = ("records.db", "records.db-wal", "records.db-shm", "blobs")
+
+
+def keep_earlier_run(workdir: Path, fresh: bool) -> Path | None:
+    """Every demo starts on empty stores: an earlier run's records and blobs in ``workdir`` move to
+    ``workdir/previous/<UTC time>/`` (deleted with ``fresh``); where they went, or None."""
+    found = [workdir / name for name in RUN_FILES if (workdir / name).exists()]
+    if not found:
+        return None
+    if fresh:
+        for path in found:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        print(f"deleted the earlier run's records and blobs in {workdir} (--fresh)")
+        return None
+    kept = workdir / "previous" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    kept.mkdir(parents=True, exist_ok=False)
+    for path in found:
+        path.rename(kept / path.name)
+    print(f"kept the earlier run's records and blobs in {kept} (--fresh deletes them instead)")
+    return kept
+
+
+def serve_command(records_path: Path, blobs_url: str, key: str) -> str:
+    """The command that serves this run's stores again, as it works from any folder."""
+    linewatch = shutil.which("linewatch") or str(Path(sys.executable).parent / "linewatch")
+    return (
+        f"LINEWATCH_API_KEYS='{key}' {linewatch} serve --records sqlite:///{records_path} --blobs {blobs_url}"
+    )
+
+
 def run_demo(options: DemoOptions) -> LineSummary:
     workdir, serve, port = options.workdir.resolve(), options.serve, options.port
     parts = f"{options.parts} parts" if options.parts is not None else "parts until Ctrl-C"
-    for stale in ("records.db", "records.db-wal", "records.db-shm", "blobs"):  # every demo starts afresh
-        path = workdir / stale
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    keep_earlier_run(workdir, options.fresh)
     inspector = Inspector.load(train_detector(options))
     # served: a live line, parts taken now at the line's pace; otherwise a replay as fast as it goes
     start = datetime.now(UTC) if options.serve else DEFAULT_START
@@ -77,6 +107,7 @@ def run_demo(options: DemoOptions) -> LineSummary:
     blobs_url = (workdir / "blobs").as_uri()
     stores = open_stores(f"sqlite:///{workdir / 'records.db'}", blobs_url, group_commit=True)
     api: Api | None = None
+    key = os.environ.get("LINEWATCH_DEMO_KEY") or secrets.token_urlsafe(12)
     try:
         line_options = LineOptions(keep_frames=options.keep_frames)
         models = {frames.line.recipe: inspector}
@@ -84,7 +115,6 @@ def run_demo(options: DemoOptions) -> LineSummary:
         line = Line([frames], [process], inference, stores.records, stores.blobs, line_options)
         server = None
         if serve:
-            key = os.environ.get("LINEWATCH_DEMO_KEY") or secrets.token_urlsafe(12)
             settings = ApiSettings(host="127.0.0.1", port=port, key_hashes=[hash_key(key)])
             api = build_api(settings, stores, models, line)
             server = serve_beside(settings, api)
@@ -100,7 +130,6 @@ def run_demo(options: DemoOptions) -> LineSummary:
             api.close()
         stores.close()
     print(f"records in {workdir / 'records.db'}, frames and heat maps in {workdir / 'blobs'}")
-    print(
-        f"look again later: linewatch serve --records sqlite:///{workdir / 'records.db'} --blobs {blobs_url}"
-    )
+    print("look again later (the dashboard at http://127.0.0.1:8000/dashboard/, the API with this key):")
+    print(f"  {serve_command(workdir / 'records.db', blobs_url, key)}")
     return summary

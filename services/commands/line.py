@@ -27,6 +27,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--train-parts", type=int, default=60, help="good parts to train on (at least 8)")
     demo.add_argument("--no-keep-frames", dest="keep_frames", action="store_false", help="delete raw frames")
+    demo.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete an earlier run's records and blobs in the workdir (default: keep them under previous/)",
+    )
     demo.set_defaults(handler=run_demo_command)
 
     run = sub.add_parser("run", help="run the line on the configured sources and models")
@@ -67,6 +72,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         keep_frames=args.keep_frames,
         train_parts=args.train_parts,
+        fresh=args.fresh,
     )
     try:
         summary = run_demo(options)

@@ -69,7 +69,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     evaluate.set_defaults(handler=run_evaluate)
 
-    predict = sub.add_parser("predict", help="inspect image files: JSON results and heat-map overlays")
+    predict = sub.add_parser(
+        "predict",
+        help="inspect image files: JSON results and heat-map overlays",
+        description="Writes OUT/NAME.json and OUT/NAME_overlay.png per image. NAME is the file's stem, "
+        "with as many of its folders in front as it takes to keep images of the same name apart "
+        "(good/000.png and broken_large/000.png: good-000, broken_large-000).",
+    )
     predict.add_argument("--model", type=Path, required=True)
     predict.add_argument("images", type=Path, nargs="+")
     predict.add_argument(
@@ -163,6 +169,28 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def output_names(paths: list[Path]) -> dict[Path, str]:
+    """A distinct name for each image's results: its stem, or, for images that share a stem, as
+    many of their folders in front as it takes to tell them apart (MVTec's ``good/000.png`` and
+    ``broken_large/000.png`` become ``good-000`` and ``broken_large-000``). The same file given
+    twice has one name here; the command writes its second result as ``NAME-2``."""
+    unique = list(dict.fromkeys(paths))
+    parts = {path: path.resolve().with_suffix("").parts[1:] for path in unique}
+    by_stem: dict[str, list[Path]] = {}
+    for path in unique:
+        by_stem.setdefault(path.stem, []).append(path)
+    names: dict[Path, str] = {}
+    for group in by_stem.values():
+        depth = 1
+        while True:
+            candidate = {path: "-".join(parts[path][-depth:]) for path in group}
+            if len(set(candidate.values())) == len(group) or depth >= max(len(parts[p]) for p in group):
+                break
+            depth += 1
+        names.update(candidate)
+    return names
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from services.vision.images import ImageError, load_image
     from services.vision.inspector import Inspector
@@ -171,6 +199,8 @@ def run_predict(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     inspector = Inspector.load(args.model)
     args.out.mkdir(parents=True, exist_ok=True)
+    names = output_names(list(args.images))
+    written: set[str] = set()
     failures = 0
     for start in range(0, len(args.images), args.batch_size):
         paths, images = [], []
@@ -184,7 +214,11 @@ def run_predict(args: argparse.Namespace) -> int:
         if not images:
             continue
         for path, image, prediction in zip(paths, images, inspector.predict(images), strict=True):
-            overlay_path = args.out / f"{path.stem}_overlay.png"
+            name, again = names[path], 2
+            while name in written:  # the same file given twice: keep both results
+                name, again = f"{names[path]}-{again}", again + 1
+            written.add(name)
+            overlay_path = args.out / f"{name}_overlay.png"
             overlay_path.write_bytes(
                 encode_png(
                     render_overlay(image, prediction.anomaly_map, prediction.defects, inspector.card.roi)
@@ -200,6 +234,6 @@ def run_predict(args: argparse.Namespace) -> int:
                 "defects": [asdict(d) for d in prediction.defects],
                 "overlay": str(overlay_path),
             }
-            (args.out / f"{path.stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+            (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
             print(json.dumps(result))
     return 1 if failures else 0

@@ -30,3 +30,10 @@ def test_no_file_refers_to_the_internet() -> None:
     for path in STATIC_DIR.iterdir():
         text = path.read_text(encoding="utf-8").replace(SVG_NAMESPACE, "")
         assert not re.search(r"https?://|//[\w-]+\.\w", text), path.name
+
+
+def test_the_favicon_is_served_so_no_page_load_logs_a_404(client: TestClient) -> None:
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("image/svg+xml")
+    assert response.text.startswith("<svg")

@@ -48,6 +48,19 @@ def test_demo_runs_a_synthetic_line_and_prints_the_summary(tmp_path: Path, mobil
     assert re.search(r"latency +p50 \d+ ms, p99 \d+ ms", out)
     assert (tmp_path / "demo" / "records.db").is_file()
     assert (tmp_path / "demo" / "model" / "card.json").is_file()
+    # the command it prints to look again works from anywhere: the key, and linewatch by its path
+    lines = out.splitlines()
+    serve = lines[next(i for i, line in enumerate(lines) if line.startswith("look again")) + 1]
+    match = re.fullmatch(r"  LINEWATCH_API_KEYS='([^']+)' (\S+) serve --records (\S+) --blobs (\S+)", serve)
+    assert match is not None, serve
+    assert Path(match.group(2)).is_file() and os.access(match.group(2), os.X_OK)
+
+    # a second demo keeps the first one's records
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    (kept,) = (tmp_path / "demo" / "previous").iterdir()
+    assert f"kept the earlier run's records and blobs in {kept}" in again.stdout
+    assert (kept / "records.db").is_file() and (kept / "blobs").is_dir()
 
 
 def test_schemas_export_writes_and_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
