@@ -6,7 +6,7 @@ SHARED ?= ../shared
 DATA ?= $(SHARED)/datasets
 WEIGHTS ?= $(SHARED)/weights/mobilenet_v2_imagenet_dequant.pth
 
-.PHONY: setup demo bottle test lint unit bench browser clean
+.PHONY: setup demo demo-distributed bottle test lint unit bench browser clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ setup: $(BIN)/.installed
 ## The main job: a whole synthetic line on this machine, dashboard at http://127.0.0.1:8000 (Ctrl-C stops).
 demo: setup
 	$(BIN)/linewatch demo --weights $(WEIGHTS) --activation relu $(DEMO_ARGS)
+
+## The distributed line on this machine: a local broker, producers, two Faust workers, the dashboard.
+demo-distributed: setup
+	$(BIN)/linewatch demo --distributed --workers 2 --parts $(or $(PARTS),200) --weights $(WEIGHTS) --activation relu $(DEMO_ARGS)
 
 ## Train PatchCore on the real bottle images and evaluate it.
 bottle: setup

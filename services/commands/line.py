@@ -28,6 +28,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--train-parts", type=int, default=60, help="good parts to train on (at least 8)")
     demo.add_argument("--no-keep-frames", dest="keep_frames", action="store_false", help="delete raw frames")
     demo.add_argument(
+        "--distributed",
+        action="store_true",
+        help="the distributed line on this machine: a local broker (Tansu), producers, Faust workers",
+    )
+    demo.add_argument("--workers", type=int, default=1, help="Faust workers with --distributed (default 1)")
+    demo.add_argument(
         "--fresh",
         action="store_true",
         help="delete an earlier run's records and blobs in the workdir (default: keep them under previous/)",
@@ -74,6 +80,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
         train_parts=args.train_parts,
         fresh=args.fresh,
     )
+    if args.distributed:
+        return _run_distributed_demo(options, args.workers)
     try:
         summary = run_demo(options)
     except ApiServerError as err:  # e.g. the port is taken
@@ -84,6 +92,28 @@ def run_demo_command(args: argparse.Namespace) -> int:
         return 1
     _print_summary(summary.lines())
     return 0 if summary.stopped_by in (None, "interrupted") else 1
+
+
+def _run_distributed_demo(options: object, workers: int) -> int:
+    from services.api.server import ApiServerError
+    from services.commands.demo import DemoOptions
+    from services.commands.demo_distributed import run_distributed_demo
+    from services.distributed.broker import BrokerError
+
+    assert isinstance(options, DemoOptions)
+    if options.parts is None:
+        print("linewatch demo: error: --distributed needs --parts N", file=sys.stderr)
+        return 2
+    if workers < 1:
+        print("linewatch demo: error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        summary = run_distributed_demo(options, workers)
+    except (BrokerError, ApiServerError, RuntimeError) as err:
+        print(f"linewatch demo: error: {err}", file=sys.stderr)
+        return 1
+    _print_summary(summary.lines())
+    return 0 if summary.stopped_by in (None, "interrupted") and summary.inspected == summary.published else 1
 
 
 def run_line_command(args: argparse.Namespace) -> int:

