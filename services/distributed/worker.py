@@ -197,7 +197,6 @@ def build_app(settings: LinewatchSettings, resources: Resources, datadir: Path) 
                 records = await asyncio.to_thread(
                     finish_batch, batch, detected, resources.blobs, snapshots, timings_ms=timings
                 )
-                await asyncio.to_thread(resources.blobs.sync)  # durable before a record points at them
             except Exception as err:  # a worker never dies on one batch: its frames are dead letters
                 log.exception("inspecting a batch of %d frames failed", len(batch))
                 for frame in batch:
