@@ -1,7 +1,7 @@
 """Batch-8 throughput of linewatch and anomalib PatchCore, measured in alternation.
 
 This machine's speed has two levels that change within seconds to minutes and that no process
-controls (see the README), so two throughputs measured minutes apart compare the machine as much
+controls (see docs/benchmarks.md), so two throughputs measured minutes apart compare the machine as much
 as the code. Here each side is loaded once into processes of its own, which take turns: one timed
 pass over the whole test set at batch 8, then the next process, the order rotated every round, so
 each round's ratio compares the sides within seconds of each other.
