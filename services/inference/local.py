@@ -55,20 +55,11 @@ class TokenPool:
         self._free.put_nowait(token)
 
 
-class LocalInference:
-    """Detector threads in this process over the given inspectors (recipe → model)."""
+class InProcessModels:
+    """What an adapter over inspectors loaded in this process says it serves (url, recipes, models)."""
 
-    def __init__(
-        self,
-        inspectors: Mapping[str, Inspector],
-        detectors: int | None = None,
-        threads: int | None = None,
-        url: str = "local://",
-    ) -> None:
+    def __init__(self, inspectors: Mapping[str, Inspector], url: str) -> None:
         self.inspectors, self._url = dict(inspectors), url
-        self.detectors, self.threads = detector_plan(detectors, threads, torch.get_num_threads())
-        self._executors: list[ThreadPoolExecutor] = []
-        self._tokens: TokenPool | None = None
 
     @property
     def url(self) -> str:
@@ -81,6 +72,22 @@ class LocalInference:
     @property
     def models(self) -> dict[str, str]:
         return describe_models(self.inspectors)
+
+
+class LocalInference(InProcessModels):
+    """Detector threads in this process over the given inspectors (recipe → model)."""
+
+    def __init__(
+        self,
+        inspectors: Mapping[str, Inspector],
+        detectors: int | None = None,
+        threads: int | None = None,
+        url: str = "local://",
+    ) -> None:
+        super().__init__(inspectors, url)
+        self.detectors, self.threads = detector_plan(detectors, threads, torch.get_num_threads())
+        self._executors: list[ThreadPoolExecutor] = []
+        self._tokens: TokenPool | None = None
 
     @property
     def slots(self) -> int:

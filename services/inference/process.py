@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 from services.inference.detector_process import IN_FLIGHT, DetectorProcess
-from services.inference.local import TokenPool, detector_plan
-from services.inference.ports import InferenceError, describe_models
+from services.inference.local import InProcessModels, TokenPool, detector_plan
+from services.inference.ports import InferenceError
 from services.steps.detect import Detected
 from services.vision.inspector import Inspector
 
 
-class ProcessInference:
+class ProcessInference(InProcessModels):
     """Detector worker processes over the given inspectors (recipe → model)."""
 
     def __init__(
@@ -33,7 +33,7 @@ class ProcessInference:
         warm_batch: int = 1,
         url: str = "process://",
     ) -> None:
-        self.inspectors, self._url = dict(inspectors), url
+        super().__init__(inspectors, url)
         count, per_worker = detector_plan(detectors, threads, torch.get_num_threads())
         self.workers = [
             DetectorProcess(self.inspectors, per_worker, f"linewatch-detector-{i}", warm_batch)
@@ -41,18 +41,6 @@ class ProcessInference:
         ]
         self._waiters: ThreadPoolExecutor | None = None  # one thread per batch in flight, waiting on a pipe
         self._tokens: TokenPool | None = None
-
-    @property
-    def url(self) -> str:
-        return self._url
-
-    @property
-    def recipes(self) -> frozenset[str]:
-        return frozenset(self.inspectors)
-
-    @property
-    def models(self) -> dict[str, str]:
-        return describe_models(self.inspectors)
 
     @property
     def slots(self) -> int:
