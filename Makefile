@@ -6,7 +6,7 @@ SHARED ?= ../shared
 DATA ?= $(SHARED)/datasets
 WEIGHTS ?= $(SHARED)/weights/mobilenet_v2_imagenet_dequant.pth
 
-.PHONY: setup demo demo-distributed bottle test lint unit bench browser clean
+.PHONY: setup triton demo demo-distributed bottle test lint unit bench browser clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,14 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 setup: $(BIN)/.installed
+
+## tritonserver 2.51 (CPU and CUDA, Python backend) unpacked from the PyPI package nvidia-pytriton
+## into .triton (about 145 MB; that package pins numpy<2, so it is never installed into the venv).
+TRITON_HOME ?= .triton
+$(TRITON_HOME)/bin/tritonserver: | $(BIN)/.installed
+	$(BIN)/linewatch triton install --home $(TRITON_HOME)
+
+triton: $(TRITON_HOME)/bin/tritonserver
 
 ## The main job: a whole synthetic line on this machine, dashboard at http://127.0.0.1:8000 (Ctrl-C stops).
 demo: setup
@@ -48,7 +56,7 @@ browser:
 		echo "chromium not installed: the dashboard browser test will be skipped"
 
 ## The test command CI runs: lint, types, then every test (unit and integration).
-test: lint browser
+test: lint browser triton
 	$(BIN)/python -m pytest
 
 bench: setup

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "services.commands.line",
     "services.commands.serve",
     "services.commands.distributed",
+    "services.commands.triton",
 )
 USER_ERRORS = (ArtifactError, BackboneError, DatasetError, ImageError, FileNotFoundError)
 

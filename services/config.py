@@ -122,7 +122,8 @@ class LinewatchSettings(BaseSettings):
     max_frame_mib: float = Field(default=64.0, gt=0, description="Larger frames are dead letters")
     inference: str | None = Field(
         default=None,
-        description="Where frames are scored: local:// (threads), process:// (worker processes); "
+        description="Where frames are scored: local:// (threads), process:// (worker processes), "
+        "triton://HOST:8001 (a Triton Inference Server holding the recipes' ensembles); "
         "default process:// (local:// when detector_processes is false)",
     )
     detector_processes: bool = Field(

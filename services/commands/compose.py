@@ -61,6 +61,14 @@ def load_models(models: Mapping[str, Path]) -> dict[str, Inspector]:
     return {recipe: Inspector.load(path) for recipe, path in models.items()}
 
 
+def load_local_models(settings: LinewatchSettings) -> dict[str, Inspector]:
+    """The models this process must hold to score the settings' recipes: none when the inference
+    port is remote (``triton://``: the server holds them)."""
+    from services.inference.urls import is_remote
+
+    return {} if is_remote(settings.inference_url()) else load_models(settings.models)
+
+
 def parse_model_args(values: list[str]) -> dict[str, Path]:
     """``[RECIPE=]DIR`` arguments as recipe → directory; without ``RECIPE=`` the model's own name
     (its card's) is the recipe it serves."""
@@ -91,7 +99,7 @@ def build_line(
     frames = [open_frame_source(url, context) for url in settings.frame_sources]
     process = [open_process_source(url, settings.line_id) for url in settings.process_sources]
     options = replace(settings.line_options(), skip_stored=resume)
-    inference = open_inference(settings.inference_url(), inspectors, options.max_batch)
+    inference = open_inference(settings.inference_url(), inspectors, options.max_batch, settings.models)
     return Line(frames, process, inference, stores.records, stores.blobs, options)
 
 
@@ -119,16 +127,22 @@ def build_api(
     stores: Stores,
     inspectors: Mapping[str, Inspector] | None = None,
     line: Line | None = None,
+    remote: str | None = None,
 ) -> Api:
-    """The API over the stores, scoring uploads with ``inspectors`` (when given). Beside a ``line``
-    it admits uploads under the line's rules, joins them to its process history, and reports the
-    line's metrics and state. Raises ApiServerError when the settings are refused."""
+    """The API over the stores, scoring uploads with ``inspectors`` (when given), or with the
+    ``remote`` inference URL (``triton://…``) for the line's recipes. Beside a ``line`` it admits
+    uploads under the line's rules, joins them to its process history, and reports the line's
+    metrics and state. Raises ApiServerError when the settings are refused."""
     from services.api.app import create_app
     from services.api.server import ApiServerError
     from services.inference.thread import InferenceThread
     from services.inference.urls import open_inference
 
-    inference = InferenceThread(open_inference(API_INFERENCE_URL, inspectors)) if inspectors else None
+    inference = None
+    if remote is not None and line is not None:
+        inference = InferenceThread(open_inference(remote, {}, recipes=line.inference.recipes))
+    elif inspectors:
+        inference = InferenceThread(open_inference(API_INFERENCE_URL, inspectors))
     try:
         app = create_app(
             settings,

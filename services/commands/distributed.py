@@ -102,7 +102,7 @@ def run_ingest(args: argparse.Namespace) -> int:
 def run_worker(args: argparse.Namespace) -> int:
     import faust
 
-    from services.commands.compose import load_models, open_stores
+    from services.commands.compose import load_local_models, open_stores
     from services.config import load_settings
     from services.distributed.process_reader import ProcessReader
     from services.distributed.topics import ensure_topics
@@ -114,10 +114,11 @@ def run_worker(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args.config)
-        inspectors = load_models(settings.models)
-        if not inspectors:
+        if not settings.models:
             raise ValueError(f"{args.config} names no models")
-        inference = open_inference(settings.inference_url(), inspectors, settings.batching.max_batch)
+        inspectors = load_local_models(settings)
+        url = settings.inference_url()
+        inference = open_inference(url, inspectors, settings.batching.max_batch, settings.models)
         ensure_topics(settings.kafka)
         stores = open_stores(settings.stores.records, settings.stores.blobs, group_commit=True)
         sink = open_record_store(settings.kafka.sink_records) if settings.kafka.sink_records else None

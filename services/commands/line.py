@@ -118,16 +118,24 @@ def _run_distributed_demo(options: object, workers: int) -> int:
 
 def run_line_command(args: argparse.Namespace) -> int:
     from services.api.server import ApiServerError
-    from services.commands.compose import Api, build_api, build_line, load_models, open_stores, serve_beside
+    from services.commands.compose import (
+        Api,
+        build_api,
+        build_line,
+        load_local_models,
+        open_stores,
+        serve_beside,
+    )
     from services.config import load_settings
     from services.inference.detector_process import DetectorProcessError
+    from services.inference.urls import is_remote
     from services.stream.serving import run_line
 
     try:
         settings = load_settings(args.config)
         if not settings.frame_sources:
             raise ValueError(f"{args.config} names no frame_sources")
-        inspectors = load_models(settings.models)
+        inspectors = load_local_models(settings)
         stores = open_stores(settings.stores.records, settings.stores.blobs, group_commit=True)
     except (ValueError, OSError) as err:  # settings, URLs, paths: say what is wrong, no traceback
         print(f"linewatch run: error: {err}", file=sys.stderr)
@@ -137,7 +145,8 @@ def run_line_command(args: argparse.Namespace) -> int:
         line = build_line(settings, inspectors, stores, resume=args.resume)
         server = None
         if args.serve:
-            api = build_api(settings.api, stores, inspectors, line)
+            remote = settings.inference_url() if is_remote(settings.inference_url()) else None
+            api = build_api(settings.api, stores, inspectors, line, remote)
             server = serve_beside(settings.api, api)
             print(f"dashboard: {server.url}/dashboard/", flush=True)
         summary = run_line(line, server)

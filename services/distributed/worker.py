@@ -6,7 +6,8 @@
   dead-letters what is not a sample.
 - **inspect** (``frames`` topic, one message at a time): load (the frame's bytes from the blob store,
   decoded), join (as of the history; a batch waits up to ``late_process_s`` for samples taken after
-  its frames), detect (the inference port), finish (defects, heat maps into the blob store, made durable),
+  its frames), detect (the inference port; a batch waits while its server is away), finish (defects,
+  heat maps into the blob store, made durable),
   then every ``Inspection`` published to ``inspections`` and confirmed by the broker.
 - **sink** (``inspections``): the records stored in the record store, idempotent by ``frame_id``.
 - **dead letters** (``dead-letters``): stored in the record store.
@@ -33,6 +34,7 @@ from schemas.frame import Frame
 from schemas.inspection import Inspection
 from schemas.process import ProcessSample
 from services.distributed.codec import decode_record, encode, frame_key
+from services.inference.ports import detect_when_served
 from services.steps.admit import Admitted, frame_size, load_frame
 from services.steps.finish import finish_batch
 from services.steps.join import future_timestamp
@@ -190,7 +192,9 @@ def build_app(settings: LinewatchSettings, resources: Resources, datadir: Path) 
             batch = [a.frame for a in group if a.frame is not None]
             try:
                 images = [a.image for a in group if a.image is not None]
-                detected = await resources.inference.detect(recipe, images, [frame_size(f) for f in batch])
+                detected = await detect_when_served(
+                    resources.inference, recipe, images, [frame_size(f) for f in batch]
+                )
                 with reader.lock:
                     snapshots = [reader.history.snapshot(f.line_id, f.captured_at) for f in batch]
                 timings = [a.timings_ms for a in group]

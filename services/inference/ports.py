@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -9,12 +11,21 @@ import numpy as np
 
 from services.steps.detect import Detected
 
+log = logging.getLogger(__name__)
+UNAVAILABLE_WAIT_S = (0.5, 10.0)  # first and longest wait for an inference server that is away
+
 
 class InferenceError(RuntimeError):
     """A batch could not be scored (the model failed on it, or the server or worker is gone).
 
     The caller dead-letters the batch's frames and goes on; the adapter recovers by itself (a dead
     worker is started again, a server is retried) for the next batch."""
+
+
+class InferenceUnavailable(InferenceError):
+    """The model server cannot be reached or is not ready (after the adapter's own retries), and
+    nothing is known to be wrong with the batch: callers wait and send it again, never dead-letter it.
+    """
 
 
 class InferencePort(Protocol):
@@ -68,3 +79,18 @@ def describe_models(inspectors: Mapping[str, object]) -> dict[str, str]:
         card = getattr(inspector, "card", None)
         out[recipe] = f"{card.name} {card.version}" if card is not None else type(inspector).__name__
     return out
+
+
+async def detect_when_served(
+    port: InferencePort, recipe: str, images: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]
+) -> Detected:
+    """``port``'s answer, waiting for as long as its server is away (:class:`InferenceUnavailable`):
+    the batch is sent again, never dead-lettered for a server's restart. Other errors go up."""
+    wait_s = UNAVAILABLE_WAIT_S[0]
+    while True:
+        try:
+            return await port.detect(recipe, images, sizes)
+        except InferenceUnavailable as err:
+            log.warning("inference unavailable (%s); trying the batch again in %.1f s", err, wait_s)
+            await asyncio.sleep(wait_s)
+            wait_s = min(wait_s * 2, UNAVAILABLE_WAIT_S[1])

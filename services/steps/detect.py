@@ -59,7 +59,16 @@ def detect_batch(
         raise ValueError(f"{len(images)} images but {len(sizes)} sizes")
     start = time.perf_counter()
     batch = preprocess(inspector, images)
-    preprocess_ms = elapsed_ms(start)
+    return score_preprocessed(inspector, batch, sizes, elapsed_ms(start))
+
+
+def score_preprocessed(
+    inspector: Inspector, batch: torch.Tensor, sizes: Sequence[tuple[int, int]], preprocess_ms: float = 0.0
+) -> Detected:
+    """Score a preprocessed (B, 3, S, S) batch: verdicts, defects in the frames' own pixels
+    (``sizes``) and heat maps. Triton's detector model calls it on what its preprocess model made."""
+    if len(sizes) != batch.shape[0]:
+        raise ValueError(f"{batch.shape[0]} images but {len(sizes)} sizes")
     start = time.perf_counter()
     predictions = inspector.interpret(inspector.score_batch(batch), sizes)
     roi = inspector.card.roi

@@ -30,7 +30,7 @@ from schemas.dead_letter import DeadLetter, reason_code, reject
 from schemas.frame import Frame
 from schemas.inspection import Inspection
 from schemas.process import ProcessSnapshot
-from services.inference.ports import InferencePort
+from services.inference.ports import InferencePort, detect_when_served
 from services.ingest.ports import CapturedFrame, FrameSource, ProcessSource
 from services.steps.admit import AdmissionRules, admit, elapsed_ms, frame_size
 from services.steps.detect import Detected
@@ -287,7 +287,8 @@ class Line:
         """One recipe's frames scored as a batch; on failure they are dead-lettered and None returned."""
         images: list[Any] = [item.image for item in items]
         try:
-            detected = await self.inference.detect(recipe, images, [frame_size(i.frame) for i in items])
+            sizes = [frame_size(i.frame) for i in items]
+            detected = await detect_when_served(self.inference, recipe, images, sizes)
         except Exception as err:  # a worker never dies on one batch; the frames are kept as dead letters
             log.exception("detecting a batch of %d frames failed", len(items))
             await self._inspect_failed(items, "inspect_error", f"{type(err).__name__}: {err}")

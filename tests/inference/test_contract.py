@@ -1,7 +1,8 @@
 """The inference port's contract, run against every adapter: the same answers as scoring in-process.
 
-Real adapters over a real model trained on the synthetic line: ``local://`` (detector threads) and
-``process://`` (detector worker processes).
+Real adapters over a real model trained on the synthetic line: ``local://`` (detector threads),
+``process://`` (detector worker processes) and ``triton://`` (a real tritonserver on the CPU,
+serving the model exported with ``linewatch triton export``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from services.steps.detect import Detected, detect_batch
 from services.vision.inspector import Inspector
 
 RECIPE = "housing-A"
-URLS = ["local://?detectors=2&threads=1", "process://?detectors=2&threads=1"]
+URLS = ["local://?detectors=2&threads=1", "process://?detectors=2&threads=1", "triton"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,10 @@ def frames() -> list[np.ndarray]:
 @pytest.fixture(scope="module", params=URLS)
 def port(request: pytest.FixtureRequest, inspector: Inspector) -> Iterator[InferenceThread]:
     """The adapter, started (in a loop thread of its own, so that each test may use its own loop)."""
-    served = InferenceThread(open_inference(request.param, {RECIPE: inspector}, max_batch=4))
+    url = request.param
+    if url == "triton":
+        url = request.getfixturevalue("triton").grpc_url + "?retries=1"
+    served = InferenceThread(open_inference(url, {RECIPE: inspector}, max_batch=4))
     served.start_in_thread()
     yield served
     served.close_thread()
@@ -72,7 +76,7 @@ def test_a_batch_gets_the_answer_of_scoring_it_in_process(
     ours = run(port.detect(RECIPE, batch, sizes(batch, 2)))
     assert_same(ours, detect_batch(inspector, batch, sizes(batch, 2)))
     assert "NG" in [p.verdict for p in ours.predictions]
-    assert set(ours.timings_ms) == {"preprocess", "infer"}
+    assert {"preprocess", "infer"} <= set(ours.timings_ms)
 
 
 def test_more_batches_than_slots_at_once_each_get_their_own_answer(
@@ -102,7 +106,10 @@ def test_a_batch_it_cannot_score_fails_alone(port: InferencePort, frames: list[n
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("triton+grpc://host:8001", "scheme 'triton+grpc' is not one of local:, process:"),
+        ("triton+grpc://host:8001", "scheme 'triton+grpc' is not one of local:, process:, triton:"),
+        ("triton://host:8001?deadline=3", "unknown parameters deadline"),
+        ("triton://host:8001?retries=many", "invalid literal"),
+        ("triton://:8001", "expected triton://HOST:PORT"),
         ("local://?workers=2", "unknown: workers"),
         ("local://somehost", "expected local://"),
         ("process://?detectors=two", "whole numbers"),
