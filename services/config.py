@@ -99,6 +99,12 @@ class KafkaSettings(Section):
         description="A second record store that a sink agent fills from the inspections topic "
         "(the workers store into stores.records themselves)",
     )
+    concurrency: int = Field(
+        default=8,
+        ge=1,
+        description="Frames each worker inspects at once (Faust agent concurrency); their detections "
+        "share batches of up to batching.max_batch",
+    )
     late_process_s: float = Field(
         default=1.0, ge=0, description="How long a frame waits for a process sample taken after it"
     )

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 API_INFERENCE_URL = "local://?detectors=1"
 """The API's own inference port over the models it serves: one detector thread of its process."""
+API_MAX_BATCH = 8  # uploads scored together at most (micro-batching)
 
 
 @dataclass
@@ -135,14 +136,17 @@ def build_api(
     metrics and state. Raises ApiServerError when the settings are refused."""
     from services.api.app import create_app
     from services.api.server import ApiServerError
+    from services.inference.batching import MicroBatcher
     from services.inference.thread import InferenceThread
     from services.inference.urls import open_inference
 
-    inference = None
+    port = None
     if remote is not None and line is not None:
-        inference = InferenceThread(open_inference(remote, {}, recipes=line.inference.recipes))
+        port = open_inference(remote, {}, recipes=line.inference.recipes)
     elif inspectors:
-        inference = InferenceThread(open_inference(API_INFERENCE_URL, inspectors))
+        port = open_inference(API_INFERENCE_URL, inspectors)
+    # concurrent uploads share batches: one detector thread scores a batch while the next one fills
+    inference = InferenceThread(MicroBatcher(port, API_MAX_BATCH)) if port is not None else None
     try:
         app = create_app(
             settings,

@@ -107,6 +107,7 @@ def run_worker(args: argparse.Namespace) -> int:
     from services.distributed.process_reader import ProcessReader
     from services.distributed.topics import ensure_topics
     from services.distributed.worker import Resources, build_app
+    from services.inference.batching import MicroBatcher
     from services.inference.thread import InferenceThread
     from services.inference.urls import open_inference
     from services.steps.join import ProcessHistory
@@ -128,7 +129,8 @@ def run_worker(args: argparse.Namespace) -> int:
     args.datadir.mkdir(parents=True, exist_ok=True)
     history = ProcessHistory(settings.process.max_age_s, settings.process.clock_skew_s)
     reader = ProcessReader(settings.kafka, history)
-    resources = Resources(stores.records, stores.blobs, InferenceThread(inference), reader, sink)
+    batched = MicroBatcher(inference, settings.batching.max_batch)  # the agent's frames share batches
+    resources = Resources(stores.records, stores.blobs, InferenceThread(batched), reader, sink)
     app = build_app(settings, resources, args.datadir)
     log.info(
         "worker of %s on %s, models for %s",

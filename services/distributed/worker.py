@@ -217,7 +217,7 @@ def build_app(settings: LinewatchSettings, resources: Resources, datadir: Path) 
             await asyncio.gather(*sent)  # and published for downstream consumers, confirmed
             log.info("inspected %d frames of %s (%s)", len(batch), recipe, offsets)
 
-    @app.agent(frames_topic)
+    @app.agent(frames_topic, concurrency=settings.kafka.concurrency)
     async def inspect(stream: Any) -> None:
         async for events in one_by_one(stream):
             frames = []

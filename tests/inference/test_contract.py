@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from services.inference.batching import MicroBatcher
 from services.inference.ports import InferenceError, InferencePort
 from services.inference.thread import InferenceThread
 from services.inference.urls import open_inference
@@ -23,7 +24,7 @@ from services.steps.detect import Detected, detect_batch
 from services.vision.inspector import Inspector
 
 RECIPE = "housing-A"
-URLS = ["local://?detectors=2&threads=1", "process://?detectors=2&threads=1", "triton"]
+URLS = ["local://?detectors=2&threads=1", "process://?detectors=2&threads=1", "triton", "batched"]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,11 @@ def port(request: pytest.FixtureRequest, inspector: Inspector) -> Iterator[Infer
     url = request.param
     if url == "triton":
         url = request.getfixturevalue("triton").grpc_url + "?retries=1"
-    served = InferenceThread(open_inference(url, {RECIPE: inspector}, max_batch=4))
+    if url == "batched":  # the micro-batcher in front of one detector thread (as the API uses it)
+        port: InferencePort = MicroBatcher(open_inference("local://?detectors=1", {RECIPE: inspector}), 4)
+    else:
+        port = open_inference(url, {RECIPE: inspector}, max_batch=4)
+    served = InferenceThread(port)
     served.start_in_thread()
     yield served
     served.close_thread()
@@ -101,6 +106,15 @@ def test_a_batch_it_cannot_score_fails_alone(port: InferencePort, frames: list[n
     with pytest.raises(InferenceError):
         run(port.detect(RECIPE, bad, [(4, 4)]))
     assert len(run(port.detect(RECIPE, frames[:2], sizes(frames[:2]))).predictions) == 2
+
+    async def beside_good_ones() -> list[Any]:  # sent at once: good batches are not failed by a bad one
+        calls = [port.detect(RECIPE, frames[:2], sizes(frames[:2])), port.detect(RECIPE, bad, [(4, 4)])]
+        calls.append(port.detect(RECIPE, frames[2:3], sizes(frames[2:3])))
+        return list(await asyncio.gather(*calls, return_exceptions=True))
+
+    good, failed, also_good = run(beside_good_ones())
+    assert isinstance(failed, InferenceError)
+    assert len(good.predictions) == 2 and len(also_good.predictions) == 1
 
 
 @pytest.mark.parametrize(
