@@ -6,7 +6,7 @@ SHARED ?= ../shared
 DATA ?= $(SHARED)/datasets
 WEIGHTS ?= $(SHARED)/weights/mobilenet_v2_imagenet_dequant.pth
 
-.PHONY: setup triton demo demo-distributed bottle test lint unit bench browser clean
+.PHONY: setup triton compose demo demo-distributed bottle test lint unit bench browser clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -55,8 +55,16 @@ browser:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } || \
 		echo "chromium not installed: the dashboard browser test will be skipped"
 
+## Debian's docker-compose 1.29 (no engine comes with it) for tests/test_deploy.py's `config -q`
+## check of docker-compose.yml: installed when missing and when root may (SKIP_COMPOSE=1 leaves it out).
+compose:
+	@command -v docker-compose >/dev/null || [ -n "$(SKIP_COMPOSE)" ] || { [ "$$(id -u)" = 0 ] && \
+		echo "make: installing Debian's docker-compose (no Docker engine) to validate docker-compose.yml" && \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose; } || \
+		echo "docker-compose not installed: the compose validation test will be skipped"
+
 ## The test command CI runs: lint, types, then every test (unit and integration).
-test: lint browser triton
+test: lint browser compose triton
 	$(BIN)/python -m pytest
 
 bench: setup

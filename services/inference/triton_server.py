@@ -13,6 +13,7 @@ handed through it come back corrupted, so linewatch's models move tensors only t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -148,8 +149,12 @@ class LocalTriton:
             )
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                self.command(), stdout=out, stderr=subprocess.STDOUT, env=server_environment(self.home)
+            self.process = subprocess.Popen(  # a session of its own: its model stubs go with it
+                self.command(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=server_environment(self.home),
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout_s
         while not self.ready():
@@ -173,19 +178,26 @@ class LocalTriton:
             return "(no log)"
 
     def kill(self) -> None:
-        """SIGKILL the server (its Python backend stubs exit when it is gone), as a crash would."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
+        """SIGKILL the server and its Python backend stubs at once, as a crashed container would
+        (a stub whose server was killed alone lingers, holding its model's memory)."""
+        if self.process is not None:
+            self._kill_group()
             self.process.wait(10)
 
     def stop(self) -> None:
+        """Stop the server (it unloads its models, ending their stubs), then whatever is left."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        if self.process is not None:
+            self._kill_group()
+            self.process.wait(10)
+
+    def _kill_group(self) -> None:
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):  # (the server and every stub are gone already)
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     def __enter__(self) -> LocalTriton:
         return self.start()
