@@ -8,8 +8,8 @@ Definitions:
 - embedded: ``linewatch run``'s runtime (``Line``, ``process://`` detectors) from an in-memory
   source to stored records (fresh SQLite and file blob store).
 - distributed: a local Tansu broker, tritonserver on the CPU serving the model exported with
-  ``linewatch triton export``, and ``--workers`` ``linewatch worker`` processes (``triton://``,
-  agent concurrency 8, micro-batching). The workers are started and warmed up on a few frames
+  ``linewatch triton export`` (two detector instances of one torch thread each), and
+  ``linewatch worker`` processes (``triton://``, the default agent concurrency and micro-batching). The workers are started and warmed up on a few frames
   first; then the frames are published (claim check into a file blob store) as fast as the producer
   goes. frames/s = frames / (last record's ``inspected_at`` − first publish); latency = each
   record's ``inspected_at`` − the moment its frame was handed to the producer.
@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -63,19 +64,22 @@ from services.stream.runtime import LineOptions
 RESULTS = lt.RESULTS
 TARGET = 0.7  # distributed (and API) frames/s over the embedded line's, at least
 WARM = 4
+ON_DONE = None  # (profiling hook)
 WORKER = [sys.executable, "-m", "services.cli", "worker"]
 
 
 class Stamped:
-    """A frame source that notes when each frame was handed to the producer."""
+    """A frame source that notes when each frame was handed to the producer; the frames come from
+    ``cameras`` cameras in turn, so that their keys spread over the topic's partitions."""
 
-    def __init__(self, source: lt.MemoryFrameSource) -> None:
-        self.source, self.name = source, source.name
+    def __init__(self, source: lt.MemoryFrameSource, cameras: int = 4) -> None:
+        self.source, self.name, self.cameras = source, source.name, cameras
         self.handed: dict[str, float] = {}
 
     def frames(self) -> Iterator[Any]:
-        for frame in self.source.frames():
+        for i, frame in enumerate(self.source.frames()):
             if isinstance(frame, CapturedFrame):
+                frame = replace(frame, camera_id=f"cam-{i % self.cameras + 1}")
                 self.handed[frame.frame_id] = time.time()
             yield frame
 
@@ -181,12 +185,14 @@ def run_distributed(
 
         threading.Thread(target=sample, daemon=True).start()
         source = Stamped(
-            lt.MemoryFrameSource(rendered, count, lt.DEFAULT_START + lt.timedelta(hours=1), tag=name)
+            # captured after the warm-up frames, within the process samples published first
+            lt.MemoryFrameSource(rendered, count, lt.DEFAULT_START + lt.timedelta(seconds=WARM), tag=name)
         )
         started = time.time()
         summary = publish_frames([source], rules, stores.blobs, publisher, topics.frames, topics.dead_letters)
         assert publisher.flush(60) == 0 and summary.published == count, "frames not all published"
         wait_for(work / "records.db", WARM + count, processes, 120 + count / 2)
+        if ON_DONE: ON_DONE()
         sampling.set()
         records = SqliteRecordStore(work / "records.db")
         try:
@@ -205,6 +211,7 @@ def run_distributed(
                 p.kill()
         stores.close()
     ours = [r for r in stored if r.frame_id in source.handed]
+    joined = sum(1 for r in ours if r.process.status == "ok")
     ids = [r.frame_id for r in ours]
     assert len(ids) == len(set(ids)) == count, f"{len(ids)} records for {count} frames"
     done = [r.inspected_at.timestamp() for r in ours]
@@ -217,6 +224,7 @@ def run_distributed(
         "p50_ms": round(lt.percentile(latencies, 50), 1),
         "p99_ms": round(lt.percentile(latencies, 99), 1),
         "dead_letters": dead,
+        "process_ok": joined,
         "worker_rss_mib": [
             {"first": round(m[0], 1), "last": round(m[-1], 1), "max": round(max(m), 1)} for m in memory if m
         ],

@@ -100,7 +100,7 @@ class KafkaSettings(Section):
         "(the workers store into stores.records themselves)",
     )
     concurrency: int = Field(
-        default=8,
+        default=16,
         ge=1,
         description="Frames each worker inspects at once (Faust agent concurrency); their detections "
         "share batches of up to batching.max_batch",

@@ -16,7 +16,8 @@ When the server is away:
   dead-letters a frame because Triton was restarting.
 
 URL parameters: ``timeout_s`` (default 30), ``retries`` (3), ``breaker_failures`` (3),
-``breaker_reset_s`` (5), ``slots`` (batches in flight, default 8), ``start_timeout_s`` (how long
+``breaker_reset_s`` (5), ``slots`` (batches in flight, default 4: behind a micro-batcher, fewer slots
+make larger batches), ``start_timeout_s`` (how long
 :meth:`start` waits for the server to be ready, default 120).
 """
 
@@ -101,7 +102,7 @@ class TritonInference:
         retries: int = 3,
         breaker_failures: int = 3,
         breaker_reset_s: float = 5.0,
-        slots: int = 8,
+        slots: int = 4,
         start_timeout_s: float = 120.0,
     ) -> None:
         from urllib.parse import urlsplit
