@@ -29,8 +29,8 @@ triton: $(TRITON_HOME)/bin/tritonserver
 demo: setup
 	$(BIN)/linewatch demo --weights $(WEIGHTS) --activation relu $(DEMO_ARGS)
 
-## The distributed line on this machine: a local broker, producers, two Faust workers, the dashboard.
-demo-distributed: setup
+## The distributed line on this machine: a local broker, Triton, producers, two Faust workers, the dashboard.
+demo-distributed: setup triton
 	$(BIN)/linewatch demo --distributed --workers 2 --parts $(or $(PARTS),200) --weights $(WEIGHTS) --activation relu $(DEMO_ARGS)
 
 ## Train PatchCore on the real bottle images and evaluate it.

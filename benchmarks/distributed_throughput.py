@@ -8,15 +8,16 @@ Definitions:
 - embedded: ``linewatch run``'s runtime (``Line``, ``process://`` detectors) from an in-memory
   source to stored records (fresh SQLite and file blob store).
 - distributed: a local Tansu broker, tritonserver on the CPU serving the model exported with
-  ``linewatch triton export`` (two detector instances of one torch thread each), and
-  ``linewatch worker`` processes (``triton://``, the default agent concurrency and micro-batching). The workers are started and warmed up on a few frames
-  first; then the frames are published (claim check into a file blob store) as fast as the producer
-  goes. frames/s = frames / (last record's ``inspected_at`` − first publish); latency = each
-  record's ``inspected_at`` − the moment its frame was handed to the producer.
+  ``linewatch triton export`` (two detector instances of one torch thread each), and ``linewatch
+  worker`` processes (``triton://``, the default agent concurrency and micro-batching). The workers
+  are started and warmed up on a few frames first; then the frames are published (claim check into a
+  file blob store) as fast as the producer goes. frames/s = frames / (last record's ``inspected_at``
+  − first publish); latency = each record's ``inspected_at`` − the moment its frame was handed to
+  the producer.
 - variants: one worker with Triton's dynamic batching on, off, and two workers (on).
-- api: ``linewatch serve``'s app (``create_app`` through ``build_api``: one detector thread with
-  micro-batching) on a real uvicorn server, ``--uploads`` PNG uploads from ``--clients`` concurrent
-  clients (httpx); every upload must succeed and be stored once.
+- api: ``linewatch serve --model`` in a process of its own (one detector thread with
+  micro-batching), ``--uploads`` PNG uploads from ``--clients`` concurrent clients (httpx, in this
+  process); every upload must succeed and be stored once.
 - worker memory: the resident set of each worker sampled every second (``--soak`` frames through
   one worker give the flat-memory check over a long run).
 
@@ -48,15 +49,16 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import line_throughput as lt
 
-from services.commands.compose import build_api, open_stores
+from services.commands.compose import open_stores
 from services.config import LinewatchSettings
-from services.distributed.broker import LocalBroker, free_port
+from services.distributed.broker import LocalBroker
 from services.distributed.ingest import publish_frames, publish_process
 from services.distributed.producer import Publisher
 from services.distributed.topics import ensure_topics
 from services.inference.triton_repo import Serving, export
 from services.inference.triton_server import LocalTriton, install
 from services.ingest.ports import CapturedFrame
+from services.network import free_port
 from services.storage.query import InspectionQuery
 from services.storage.sqlite_record_store import SqliteRecordStore
 from services.stream.runtime import LineOptions
@@ -66,6 +68,7 @@ TARGET = 0.7  # distributed (and API) frames/s over the embedded line's, at leas
 WARM = 4
 ON_DONE = None  # (profiling hook)
 WORKER = [sys.executable, "-m", "services.cli", "worker"]
+SERVE = [sys.executable, "-m", "services.cli", "serve"]
 
 
 class Stamped:
@@ -192,7 +195,8 @@ def run_distributed(
         summary = publish_frames([source], rules, stores.blobs, publisher, topics.frames, topics.dead_letters)
         assert publisher.flush(60) == 0 and summary.published == count, "frames not all published"
         wait_for(work / "records.db", WARM + count, processes, 120 + count / 2)
-        if ON_DONE: ON_DONE()
+        if ON_DONE:
+            ON_DONE()
         sampling.set()
         records = SqliteRecordStore(work / "records.db")
         try:
@@ -232,22 +236,30 @@ def run_distributed(
 
 
 def run_api(rendered: lt.Rendered, model_dir: Path, uploads: int, clients: int, work: Path) -> dict[str, Any]:
-    """``--uploads`` PNG uploads from ``--clients`` concurrent clients against a real server."""
+    """``--uploads`` PNG uploads from ``--clients`` concurrent clients against ``linewatch serve``
+    (a process of its own, as a plant runs it; the clients are this process)."""
     import httpx
-
-    from services.api.server import ApiServer
-    from services.api.settings import ApiSettings, hash_key
-    from services.vision.inspector import Inspector
 
     key = secrets.token_urlsafe(12)
     port = free_port()
-    settings = ApiSettings(host="127.0.0.1", port=port, key_hashes=[hash_key(key)])
-    stores = open_stores(f"sqlite:///{work / 'api.db'}", (work / "api-blobs").as_uri(), group_commit=True)
-    api = build_api(settings, stores, {rendered.recipe: Inspector.load(model_dir)})
-    api.start_inference()
-    server = ApiServer(api.app, "127.0.0.1", port)
-    server.start()
-    api.server = server
+    records = work / "api.db"
+    command = [*SERVE, "--records", f"sqlite:///{records}", "--blobs", (work / "api-blobs").as_uri()]
+    command += ["--model", f"{rendered.recipe}={model_dir}", "--port", str(port)]
+    log = (work / "api.log").open("wb")
+    server = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"LINEWATCH_API_KEYS": key}
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise RuntimeError(f"linewatch serve did not become ready: see {work / 'api.log'}")
+        time.sleep(0.5)
     latencies: list[float] = []
     failures: list[str] = []
 
@@ -287,10 +299,15 @@ def run_api(rendered: lt.Rendered, model_dir: Path, uploads: int, clients: int, 
 
     try:
         wall = asyncio.run(load())
-        stored = stores.records.count_inspections()
     finally:
-        api.close()
-        stores.close()
+        server.terminate()
+        server.wait(30)
+        log.close()
+    store = SqliteRecordStore(records)
+    try:
+        stored = store.count_inspections()
+    finally:
+        store.close()
     latencies.sort()
     return {
         "kind": f"api ({clients} clients)",

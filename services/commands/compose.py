@@ -6,7 +6,7 @@ run``, ``demo`` and ``serve`` (and a Faust worker) are wired the same way.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +26,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 API_INFERENCE_URL = "local://?detectors=1"
-"""The API's own inference port over the models it serves: one detector thread of its process."""
+"""The inference port of an API beside a line or in tests: one detector thread of its process."""
+SERVE_INFERENCE_URL = "process://?detectors=2&threads=1"
+"""``linewatch serve``'s default: two detector processes, so that the web server's own Python
+(multipart parsing, decoding, storing) never stalls scoring (it did with threads: about 28 against
+48 uploads/s at 32 clients, docs/benchmarks.md)."""
 API_MAX_BATCH = 8  # uploads scored together at most (micro-batching)
 
 
@@ -128,23 +132,27 @@ def build_api(
     stores: Stores,
     inspectors: Mapping[str, Inspector] | None = None,
     line: Line | None = None,
-    remote: str | None = None,
+    inference_url: str | None = None,
+    recipes: Iterable[str] = (),
 ) -> Api:
-    """The API over the stores, scoring uploads with ``inspectors`` (when given), or with the
-    ``remote`` inference URL (``triton://…``) for the line's recipes. Beside a ``line`` it admits
-    uploads under the line's rules, joins them to its process history, and reports the line's
-    metrics and state. Raises ApiServerError when the settings are refused."""
+    """The API over the stores, scoring uploads with ``inspectors`` (when given) through
+    ``inference_url`` (default :data:`API_INFERENCE_URL`); a remote URL (``triton://…``) needs no
+    inspectors, only the ``recipes`` (default: the line's). Beside a ``line`` it admits uploads
+    under the line's rules, joins them to its process history, and reports the line's metrics and
+    state. Raises ApiServerError when the settings are refused."""
     from services.api.app import create_app
     from services.api.server import ApiServerError
     from services.inference.batching import MicroBatcher
     from services.inference.thread import InferenceThread
-    from services.inference.urls import open_inference
+    from services.inference.urls import is_remote, open_inference
 
-    port = None
-    if remote is not None and line is not None:
-        port = open_inference(remote, {}, recipes=line.inference.recipes)
+    url, port = inference_url or API_INFERENCE_URL, None
+    if is_remote(url):
+        served = frozenset(recipes) or (line.inference.recipes if line is not None else frozenset())
+        if served:
+            port = open_inference(url, {}, recipes=served)
     elif inspectors:
-        port = open_inference(API_INFERENCE_URL, inspectors)
+        port = open_inference(url, inspectors)
     # concurrent uploads share batches: one detector thread scores a batch while the next one fills
     inference = InferenceThread(MicroBatcher(port, API_MAX_BATCH)) if port is not None else None
     try:

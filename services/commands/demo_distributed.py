@@ -1,25 +1,31 @@
 """``linewatch demo --distributed``: the distributed line on one machine, with one command.
 
-A local Kafka-protocol broker (Tansu, from the installed packages), the producers (frames of the
-synthetic line, its process samples), ``--workers`` Faust workers as processes of their own, and
-the dashboard over the same record store. Ctrl-C stops the producers, the workers and the broker.
+A local Kafka-protocol broker (Tansu, from the installed packages), a local tritonserver serving
+the demo's model (when ``make triton`` installed it), the producers (frames of the synthetic line,
+its process samples), ``--workers`` Faust workers as processes of their own, and the dashboard over
+the same record store. Ctrl-C stops the producers, the workers, Triton and the broker.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from services.commands.demo import DemoOptions, keep_earlier_run, serve_command, train_detector
+
+if TYPE_CHECKING:
+    from services.inference.triton_server import LocalTriton
 
 POLL_S = 0.5
 
@@ -58,6 +64,23 @@ def count_records(url: str) -> int:
         records.close()
 
 
+def start_triton(model_dir: Path, recipe: str, workdir: Path) -> LocalTriton | None:
+    """tritonserver over the demo's model exported into ``workdir/triton``, when ``make triton``
+    installed it (None, said, when not: the workers then score in-process)."""
+    from services.inference.triton_repo import Serving, export
+    from services.inference.triton_server import LocalTriton, installed, triton_home
+
+    if not installed(triton_home()):
+        print("tritonserver not installed (make triton): the workers score with local://", flush=True)
+        return None
+    repo = workdir / "triton"
+    shutil.rmtree(repo, ignore_errors=True)
+    export(model_dir, repo, recipe, serving=Serving(instances=2))
+    server = LocalTriton(repo, workdir / "triton.log").start()
+    print(f"tritonserver (CPU) on {server.grpc_url}, models in {repo}", flush=True)
+    return server
+
+
 def run_distributed_demo(options: DemoOptions, workers: int = 1) -> DistributedSummary:
     from services.commands.compose import build_api, open_stores, serve_beside
     from services.config import LinewatchSettings
@@ -82,11 +105,17 @@ def run_distributed_demo(options: DemoOptions, workers: int = 1) -> DistributedS
     process = SimulatorSource(machine.process, machine.line_id, machine.machine_id, samples)
     broker = LocalBroker(workdir / "broker.log").start()
     print(f"broker (Tansu, in memory) on {broker.address}", flush=True)
+    try:
+        triton = start_triton(model_dir, frames.line.recipe, workdir)
+    except BaseException:
+        broker.stop()
+        raise
+    inference = triton.grpc_url if triton is not None else "local://?detectors=1"
     raw: dict[str, Any] = {
         "models": {frames.line.recipe: str(model_dir)},
         "stores": {"records": f"sqlite:///{workdir / 'records.db'}", "blobs": (workdir / "blobs").as_uri()},
         "keep_frames": options.keep_frames,
-        "inference": "local://?detectors=1",  # a detector thread per worker: the workers share the cores
+        "inference": inference,  # without Triton: a detector thread per worker (they share the cores)
         "kafka": {"bootstrap_servers": broker.address, "app_id": f"linewatch-demo-{secrets.token_hex(3)}"},
     }
     config = workdir / "distributed.yaml"
@@ -174,6 +203,8 @@ def run_distributed_demo(options: DemoOptions, workers: int = 1) -> DistributedS
             api.close()
         stores.close()
         broker.stop()
+        if triton is not None:
+            triton.stop()
     print(f"records in {workdir / 'records.db'}, frames and heat maps in {workdir / 'blobs'}")
     print("look again later (the dashboard at http://127.0.0.1:8000/dashboard/, the API with this key):")
     print(f"  {serve_command(workdir / 'records.db', (workdir / 'blobs').as_uri(), key)}")

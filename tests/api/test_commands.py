@@ -35,9 +35,9 @@ def test_serve_refuses_to_start_without_keys(tmp_path: Path, capsys: pytest.Capt
 def test_serve_names_an_unsupported_blob_store_url(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["serve", "--records", f"sqlite:///{tmp_path}/r.db", "--blobs", "s3://bucket/blobs"])
+    code = main(["serve", "--records", f"sqlite:///{tmp_path}/r.db", "--blobs", "gs://bucket/blobs"])
     assert code == 2
-    assert "unsupported blob store URL 's3://bucket/blobs'" in capsys.readouterr().err
+    assert "unsupported blob store URL 'gs://bucket/blobs'" in capsys.readouterr().err
 
 
 def test_serve_runs_the_app_on_the_stores_with_uvicorn(
