@@ -120,6 +120,24 @@ def test_dashboard_feed_chart_and_inspection_page(browser_app: FastAPI, tmp_path
         for img in page.locator("#feed img.thumb").all():
             expect(img).to_have_attribute("src", re.compile(r"^blob:"))
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+        # times of other days carry their date, parameters their unit
+        today = page.evaluate("lw.formatTime(new Date().toISOString())")
+        two_days_ago = page.evaluate("lw.formatTime(new Date(Date.now() - 2 * 86400e3).toISOString())")
+        last_year = page.evaluate("lw.formatTime(new Date(new Date().getFullYear() - 1, 5, 3, 14, 2, 11))")
+        assert re.fullmatch(r"\d{2}:\d{2}:\d{2}( [AP]M)?", today), today
+        assert len(two_days_ago) > len(today) and not re.fullmatch(r"\d{2}:\d{2}:\d{2}", two_days_ago)
+        assert str(datetime.now().year - 1) in last_year, last_year
+        labels = page.evaluate(
+            "['mould_temp_c', 'injection_speed_mm_s', 'hold_pressure_bar', 'cycle_time_s', 'operator']"
+            ".map(lw.paramLabel)"
+        )
+        assert labels == [
+            "mould temp (°C)",
+            "injection speed (mm/s)",
+            "hold pressure (bar)",
+            "cycle time (s)",
+            "operator",
+        ]
 
         page.locator("#feed tbody tr.row-ng").first.click()
         expect(page).to_have_url(re.compile(r"/dashboard/inspection\.html\?frame_id="))

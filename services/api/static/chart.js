@@ -63,13 +63,13 @@ const ngChart = (() => {
     }
     const tenMinutes = 10 * 60 * 1000;
     for (let t = Math.ceil(fromMs / tenMinutes) * tenMinutes; t <= toMs; t += tenMinutes) {
-      const label = new Date(t).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+      const label = lw.formatClock(new Date(t), false);
       root.append(svg("text", { x: x(t), y: HEIGHT - 8, class: "axis", "text-anchor": "middle" }, label));
     }
     for (const [t, total] of totals) {
       const h = (total / maxTotal) * plotH * 0.35;
       const bar = svg("rect", { x: x(t), y: PAD.top + plotH - h, width: bucketW, height: h, class: "volume" });
-      bar.append(svg("title", {}, `${new Date(t).toLocaleTimeString()}: ${total} frames`));
+      bar.append(svg("title", {}, `${lw.formatClock(new Date(t))}: ${total} frames`));
       root.append(bar);
     }
     let colour = 0;
@@ -85,7 +85,7 @@ const ngChart = (() => {
       for (const [t, b] of sorted) {
         const dot = svg("circle", { cx: mid(t), cy: y(b.ng / b.total), r: 3, fill: stroke, class: "point" });
         dot.append(svg("title", {},
-          `${line} ${new Date(t).toLocaleTimeString()}: ${b.ng} NG of ${b.total} (${lw.formatPercent(b.ng / b.total)})`));
+          `${line} ${lw.formatClock(new Date(t))}: ${b.ng} NG of ${b.total} (${lw.formatPercent(b.ng / b.total)})`));
         root.append(dot);
       }
       legend.append(lw.el("span", { class: "key", style: `--colour: ${stroke}` }, line));

@@ -53,8 +53,21 @@ const lw = (() => {
     return el("span", { class: `badge ${verdict === "NG" ? "ng" : "ok"}` }, verdict);
   }
 
+  // A time of today alone ("14:02:11"); of another day with its date ("3 Dec 14:02:11", and the
+  // year when it is not this year's), so that an old record never reads as today's.
+  function formatClock(when, seconds = true) {
+    const d = when instanceof Date ? when : new Date(when);
+    const now = new Date();
+    const time = d.toLocaleTimeString([], seconds
+      ? { hour: "2-digit", minute: "2-digit", second: "2-digit" }
+      : { hour: "2-digit", minute: "2-digit" });
+    if (d.toDateString() === now.toDateString()) return time;
+    const year = d.getFullYear() === now.getFullYear() ? {} : { year: "numeric" };
+    return `${d.toLocaleDateString([], { day: "numeric", month: "short", ...year })} ${time}`;
+  }
+
   function formatTime(iso) {
-    return new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    return formatClock(iso);
   }
 
   function formatDateTime(iso) {
@@ -75,6 +88,25 @@ const lw = (() => {
 
   function label(name) {
     return String(name).replaceAll("_", " ");
+  }
+
+  // Process parameter names carry their unit as a suffix (mould_temp_c, injection_speed_mm_s):
+  // shown as "mould temp (°C)", "injection speed (mm/s)". Longer suffixes are tried first.
+  const UNIT_SUFFIXES = [
+    ["_mm_s", "mm/s"], ["_m_s", "m/s"], ["_l_min", "l/min"], ["_kpa", "kPa"], ["_mpa", "MPa"],
+    ["_bar", "bar"], ["_pa", "Pa"], ["_rpm", "rpm"], ["_pct", "%"], ["_ms", "ms"], ["_mm", "mm"],
+    ["_kn", "kN"], ["_hz", "Hz"], ["_kw", "kW"], ["_c", "°C"], ["_k", "K"], ["_s", "s"],
+    ["_v", "V"], ["_a", "A"], ["_g", "g"],
+  ];
+
+  function paramLabel(name) {
+    const text = String(name);
+    for (const [suffix, unit] of UNIT_SUFFIXES) {
+      if (text.length > suffix.length && text.toLowerCase().endsWith(suffix)) {
+        return `${label(text.slice(0, -suffix.length))} (${unit})`;
+      }
+    }
+    return label(text);
   }
 
   function setConnection(text, ok) {
@@ -126,7 +158,7 @@ const lw = (() => {
   }
 
   return {
-    AuthError, json, imageUrl, el, verdictBadge, formatTime, formatDateTime, formatAgo, formatPercent,
-    label, setConnection, signIn,
+    AuthError, json, imageUrl, el, verdictBadge, formatClock, formatTime, formatDateTime, formatAgo, formatPercent,
+    label, paramLabel, setConnection, signIn,
   };
 })();

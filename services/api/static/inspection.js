@@ -48,7 +48,7 @@
     fact(processFacts, "Sample age", process.age_s === null ? null : `${process.age_s.toFixed(2)} s`);
     const params = Object.entries(process.params).sort();
     document.getElementById("params").hidden = params.length === 0;
-    rows("params", params.map(([name, value]) => [lw.el("td", {}, lw.label(name)), lw.el("td", { class: "num" }, value)]));
+    rows("params", params.map(([name, value]) => [lw.el("td", {}, lw.paramLabel(name)), lw.el("td", { class: "num" }, value)]));
 
     const timings = Object.entries(inspection.timings_ms);
     const total = timings.reduce((sum, [, ms]) => sum + ms, 0);
