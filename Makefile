@@ -6,7 +6,7 @@ SHARED ?= ../shared
 DATA ?= $(SHARED)/datasets
 WEIGHTS ?= $(SHARED)/weights/mobilenet_v2_imagenet_dequant.pth
 
-.PHONY: setup triton compose demo demo-distributed bottle test lint unit bench browser clean
+.PHONY: setup triton compose serve demo demo-distributed bottle test lint unit bench browser clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ triton: $(TRITON_HOME)/bin/tritonserver
 ## The main job: a whole synthetic line on this machine, dashboard at http://127.0.0.1:8000 (Ctrl-C stops).
 demo: setup
 	$(BIN)/linewatch demo --weights $(WEIGHTS) --activation relu $(DEMO_ARGS)
+
+## The dashboard and API again over the demo's records (runs/demo); KEY=... chooses the API key.
+serve: setup
+	@key="$${KEY:-$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(12))')}"; \
+		echo "dashboard: http://127.0.0.1:8000/dashboard/  API key: $$key"; \
+		LINEWATCH_API_KEYS="$$key" $(BIN)/linewatch serve --records sqlite:///runs/demo/records.db --blobs file:runs/demo/blobs
 
 ## The distributed line on this machine: a local broker, Triton, producers, two Faust workers, the dashboard.
 demo-distributed: setup triton

@@ -13,8 +13,9 @@ from services.vision.overlay import Mark, render_overlay
 log = logging.getLogger(__name__)
 
 
-def frame_pixels(blobs: BlobStore, inspection: Inspection) -> np.ndarray | None:
-    """The inspection's frame as RGB, or None when it is not stored (any more) or cannot be read."""
+def frame_pixels(blobs: BlobStore, inspection: Inspection, max_side: int | None = None) -> np.ndarray | None:
+    """The inspection's frame as RGB, or None when it is not stored (any more) or cannot be read.
+    With ``max_side``, scaled down to it (a JPEG decoded at a reduced size to begin with)."""
     if inspection.image is None:
         return None
     try:
@@ -22,20 +23,42 @@ def frame_pixels(blobs: BlobStore, inspection: Inspection) -> np.ndarray | None:
     except FileNotFoundError:
         return None  # retention deleted it
     try:
-        return decode_image(data)
+        pixels = decode_image(data, max_side=max_side)
     except ImageError as err:
         log.warning("frame of inspection %s cannot be drawn: %s", inspection.frame_id, err)
         return None
+    return shrink(pixels, max_side) if max_side is not None else pixels
 
 
-def overlay_of(inspection: Inspection, heatmap: np.ndarray, frame: np.ndarray | None) -> np.ndarray:
-    """The overlay of a stored inspection: its heat map over its frame (or grey), defects boxed."""
-    size = (inspection.image.height, inspection.image.width) if inspection.image else heatmap.shape[:2]
+def overlay_of(
+    inspection: Inspection, heatmap: np.ndarray, frame: np.ndarray | None, max_side: int | None = None
+) -> np.ndarray:
+    """The overlay of a stored inspection: its heat map over its frame (or grey), defects boxed.
+
+    Drawn at the size of ``frame`` (which may be a scaled-down copy, see :func:`frame_pixels`), or
+    without a frame at the record's size scaled to ``max_side``: a preview of a 64 MP frame is
+    drawn at preview size, never at full size and then shrunk. The boxes are scaled to match."""
+    full = (inspection.image.height, inspection.image.width) if inspection.image else heatmap.shape[:2]
     if frame is not None:
         size = frame.shape[:2]
+    elif max_side is not None and max(full) > max_side:
+        scale = max_side / max(full)
+        size = (max(1, round(full[0] * scale)), max(1, round(full[1] * scale)))
+    else:
+        size = full
+    sy, sx = size[0] / full[0], size[1] / full[1]
     score_map = cv2.resize(heatmap, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     marks = [
-        Mark((d.bbox.x, d.bbox.y, d.bbox.width, d.bbox.height), d.severity, d.max_score)
+        Mark(
+            (
+                round(d.bbox.x * sx),
+                round(d.bbox.y * sy),
+                max(1, round(d.bbox.width * sx)),
+                max(1, round(d.bbox.height * sy)),
+            ),
+            d.severity,
+            d.max_score,
+        )
         for d in inspection.defects
     ]
     return render_overlay(frame, score_map, marks, frame_size=size)

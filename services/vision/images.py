@@ -45,8 +45,13 @@ def decode_image(
     data: bytes,
     source: str = "<bytes>",
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    max_side: int | None = None,
 ) -> np.ndarray:
-    """Decode encoded image bytes into an RGB ``uint8`` array of shape (H, W, 3)."""
+    """Decode encoded image bytes into an RGB ``uint8`` array of shape (H, W, 3).
+
+    With ``max_side`` (previews), a JPEG is decoded in the DCT domain at the smallest of 1/2, 1/4,
+    1/8 of its size whose longer side is still at least ``max_side`` (other formats whole): the
+    caller scales the rest of the way."""
     if not data:
         raise ImageError(source, "empty file (0 bytes)")
     try:
@@ -54,6 +59,10 @@ def decode_image(
             warnings.simplefilter("ignore")
             image: Image.Image = Image.open(io.BytesIO(data))
             width, height = image.size
+            if max_side is not None and max(width, height) > max_side and isinstance(image, JpegImageFile):
+                scale = max_side / max(width, height)
+                image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+                width, height = image.size
             megapixels = width * height / 1e6
             if megapixels > max_megapixels and isinstance(image, JpegImageFile):
                 # DCT-domain downscale by 1/2, 1/4 or 1/8 to within the limit: never holds the full image

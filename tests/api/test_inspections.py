@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from schemas.defect import BoundingBox
 from schemas.inspection import Inspection
 from services.storage.sqlite_record_store import SqliteRecordStore
 from services.storage.tiered_blob_store import TieredBlobStore
-from services.vision.overlay import NO_FRAME_GREY
-from tests.api.factories import FRAME_HW, T0, WARM_BOX, make_inspection
+from services.vision.overlay import NO_FRAME_GREY, encode_heatmap
+from tests.api.factories import FRAME_HW, T0, WARM_BOX, make_defect, make_inspection
 
 
 @pytest.fixture
@@ -171,3 +172,39 @@ def test_overlay_is_404_without_a_heat_map(
     response = client.get(f"/v1/inspections/{deleted.frame_id}/overlay.png")
     assert response.status_code == 404
     assert "no longer in the blob store" in response.json()["detail"]
+
+
+def test_a_large_frames_preview_is_drawn_small_and_matches_the_full_overlay(
+    client: TestClient, records: SqliteRecordStore, blobs: TieredBlobStore
+) -> None:
+    """A 12 MP JPEG frame: its 200-px preview is decoded at a reduced size and drawn at preview
+    size (never the full overlay shrunk), and looks like the full overlay shrunk, boxes included."""
+    height, width = 3000, 4000
+    yy, xx = np.mgrid[0:height, 0:width]
+    pixels = np.stack([(xx // 16) % 256, (yy // 16) % 256, ((xx + yy) // 32) % 256], axis=2).astype(np.uint8)
+    ok, jpeg = cv2.imencode(".jpg", pixels[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    from services.vision.images import decode_image
+
+    reduced = decode_image(jpeg.tobytes(), max_side=200)
+    assert 200 <= max(reduced.shape[:2]) <= width // 8 * 2  # the DCT-domain 1/8 scale, not the full frame
+    image = blobs.put(jpeg.tobytes(), "jpeg", width, height)
+    score_map = np.zeros((height, width), np.float32)
+    score_map[900:1500, 1200:2000] = 0.9
+    data, hw, hh = encode_heatmap(score_map, (height, width))
+    heatmap = blobs.put(data, "png", hw, hh)
+    defect = make_defect("center").model_copy(
+        update={"bbox": BoundingBox(x=1200, y=900, width=800, height=600), "severity": "critical"}
+    )
+    inspection = make_inspection().model_copy(
+        update={"image": image, "heatmap": heatmap, "defects": [defect], "verdict": "NG"}
+    )
+    records.upsert_inspection(inspection)
+    preview = _decode(client.get(f"/v1/inspections/{inspection.frame_id}/overlay.png?max_side=200").content)
+    assert preview.shape[:2] == (150, 200)
+    full = _decode(client.get(f"/v1/inspections/{inspection.frame_id}/overlay.png").content)
+    assert full.shape[:2] == (height, width)
+    shrunk = cv2.resize(full, (200, 150), interpolation=cv2.INTER_AREA)
+    assert np.abs(preview.astype(int) - shrunk.astype(int)).mean() < 8
+    box = np.abs(preview[45:75, 60:100].astype(int) - shrunk[45:75, 60:100].astype(int)).mean()
+    assert box < 12  # the warm area and its box sit in the same place

@@ -66,7 +66,8 @@ def inspection_overlay(
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"the heat map of inspection {frame_id} is no longer in the blob store"
         ) from None
-    overlay = overlay_of(inspection, heatmap, frame_pixels(context.blobs, inspection))
+    frame = frame_pixels(context.blobs, inspection, max_side)
+    overlay = overlay_of(inspection, heatmap, frame, max_side)
     if max_side is not None:
         overlay = shrink(overlay, max_side)
     return Response(

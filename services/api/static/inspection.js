@@ -78,7 +78,7 @@
       return;
     }
     const img = document.getElementById("overlay");
-    lw.imageUrl(`${path}/overlay.png`)
+    lw.imageUrl(`${path}/overlay.png?max_side=1600`)
       .then((url) => { img.src = url; })
       .catch((err) => img.replaceWith(lw.el("p", { class: "empty" }, `No heat map: ${err.message}`)));
   }
