@@ -200,7 +200,9 @@ def run_distributed(
         sampling.set()
         records = SqliteRecordStore(work / "records.db")
         try:
-            stored = records.query_inspections(InspectionQuery(limit=WARM + count + 10))
+            stored = []
+            while page := records.query_inspections(InspectionQuery(limit=5000, offset=len(stored))):
+                stored += page
             dead = records.count_dead_letters()
         finally:
             records.close()

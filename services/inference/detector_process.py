@@ -3,9 +3,8 @@
 Python runs one thread at a time (the GIL). A detector thread gives the GIL up for every torch
 operation and has to win it back after each, so every stretch of the line's own Python (claim
 checks, records, the event loop) holds a detector thread up, and a core sits idle meanwhile. A
-detector in its own process has its own GIL: its only Python is its own. Measured on 2 cores
-(benchmarks/line_throughput.py and the README): 2.5 ms per frame of pure-Python work beside two
-detector threads cost them 21% of their throughput, the same CPU time spent in C code 12%.
+detector in its own process has its own GIL: its only Python is its own (what that was worth on
+2 cores: docs/engine.md, "Measurements behind the code").
 
 The worker holds its own copy of the inspectors (pickled to it when it starts). It takes a batch of
 decoded frames and scores it with :func:`~services.steps.detect.detect_batch`, whose answer is a few
@@ -93,8 +92,7 @@ class DetectorProcess:
     Several threads may call :meth:`detect` at once (the line keeps ``IN_FLIGHT`` batches sent to each
     worker): their batches queue in the pipe and their answers come back in the order they were sent.
     The worker then starts on the next batch the moment it has sent one back, instead of sitting idle
-    until its caller has dealt with the answer and handed it the next (2.7% of its time when it was
-    given one batch at a time, measured on 2 cores).
+    until its caller has dealt with the answer and handed it the next.
     """
 
     def __init__(

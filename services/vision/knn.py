@@ -10,8 +10,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-# Largest (queries x bank) distance block held at once: 1M floats = 4 MB (8,192 queries against
-# 4,990 entries here, interleaved medians: 98.9 ms at 4 MB, 103.3 ms at 8 MB, 111.4 ms at 2 MB).
+# Largest (queries x bank) distance block held at once: 1M floats = 4 MB (faster than 2 or 8 MB;
+# docs/engine.md, "Measurements behind the code").
 MAX_BLOCK_ELEMENTS = 1024 * 1024
 
 
@@ -29,7 +29,7 @@ def nearest(
 
     Exact. The ranking is made on ``|b|^2 - 2 q.b`` (one matrix product per block); ``|q|^2``, the
     same for every entry of a query, is added to the k values kept, not to the whole block (a pass
-    over the block less: with the 4 MB blocks, 98.9 against 107.5 ms for 8,192 x 4,990 here)."""
+    over the block less)."""
     if bank.shape[0] == 0:
         raise ValueError("the memory bank is empty")
     k = min(k, bank.shape[0])
@@ -115,8 +115,8 @@ def nearest_screened(
     bfloat16 matrix product per block of queries gives ``L`` for every entry (k + 5 columns instead
     of D: 69 instead of 128 on magnetic-tile patches). The entry with the smallest approximate ``L``
     is measured exactly: its squared distance ``U`` bounds the nearest one's. Every entry whose
-    ``L`` could be at most ``U`` is then measured exactly in float32 (5.0 per query on
-    magnetic-tile patches), and the nearest of those is returned. A block of queries with more than
+    ``L`` could be at most ``U`` is then measured exactly in float32 (a handful per query), and
+    the nearest of those is returned. A block of queries with more than
     ``SCREEN_MAX_CANDIDATES`` candidates each on average is searched in float32 instead.
 
     The rounding bound, with ``u = 2^-8`` (bfloat16 keeps 8 significant bits) and ``g(n) = n 2^-24``
@@ -134,10 +134,8 @@ def nearest_screened(
     ``K' = (1+u) K``, and an entry with ``L <= U`` has
     ``A <= (1+u)(sqrt(U) + 2e(|q| + |b|))² + K'``: those are the candidates. The comparison is made
     on the bfloat16 bit patterns as 16-bit integers (their order for non-negative numbers; a
-    negative ``A`` is always a candidate), the ceiling rounded up to bfloat16 first. 4,096
-    magnetic-tile patches against 4,990 entries of 128 floats take 30-35 ms on one core here,
-    against 46-61 ms for the screen before it (all 128 dimensions, the norms added in float32) and
-    79-91 ms in float32 (see the README)."""
+    negative ``A`` is always a candidate), the ceiling rounded up to bfloat16 first. It is about
+    2.5 times faster than the float32 search on one core (docs/engine.md)."""
     if bank.shape[0] == 0:
         raise ValueError("the memory bank is empty")
     entries, dim = bank.shape
@@ -216,6 +214,6 @@ def _at_most(
     values: npt.NDArray[np.int16], ceilings: npt.NDArray[np.int16]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows and columns of the entries of ``values`` (Q, N) at most their row's ceiling (Q,).
-    numpy's comparison and flatnonzero: 0.12 ms per 1M entries here, torch's 1.4 ms."""
+    numpy's comparison and flatnonzero: about ten times faster than torch's here (docs/engine.md)."""
     flat = torch.from_numpy(np.flatnonzero(values <= ceilings[:, None]))
     return flat // values.shape[1], flat % values.shape[1]

@@ -125,7 +125,7 @@ def score_held_out(
             paths += batch.paths
             patch.append(patch_scores)
             position.append(position_scores)
-            release_free_memory()  # see memory.py: without it the heaps grew by up to 190 MB here
+            release_free_memory()  # see memory.py: without it the heaps grow with every batch
     if not patch:
         raise DatasetError("no held-out image could be decoded, cannot standardise the scores")
     return HeldOutScores(paths, torch.cat(patch), torch.cat(position), grid)
