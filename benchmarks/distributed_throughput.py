@@ -49,6 +49,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import line_throughput as lt
 
+from schemas.inspection import Inspection
 from services.commands.compose import open_stores
 from services.config import LinewatchSettings
 from services.distributed.broker import LocalBroker
@@ -200,7 +201,7 @@ def run_distributed(
         sampling.set()
         records = SqliteRecordStore(work / "records.db")
         try:
-            stored = []
+            stored: list[Inspection] = []
             while page := records.query_inspections(InspectionQuery(limit=5000, offset=len(stored))):
                 stored += page
             dead = records.count_dead_letters()
