@@ -51,6 +51,7 @@ import line_throughput as lt
 
 from schemas.inspection import Inspection
 from services.commands.compose import open_stores
+from services.commands.demo_distributed import start_worker
 from services.config import LinewatchSettings
 from services.distributed.broker import LocalBroker
 from services.distributed.ingest import publish_frames, publish_process
@@ -67,8 +68,6 @@ from services.stream.runtime import LineOptions
 RESULTS = lt.RESULTS
 TARGET = 0.7  # distributed (and API) frames/s over the embedded line's, at least
 WARM = 4
-ON_DONE = None  # (profiling hook)
-WORKER = [sys.executable, "-m", "services.cli", "worker"]
 SERVE = [sys.executable, "-m", "services.cli", "serve"]
 
 
@@ -158,24 +157,7 @@ def run_distributed(
     memory: list[list[float]] = [[] for _ in range(workers)]
     sampling = threading.Event()
     try:
-        for i in range(workers):
-            with (work / f"worker-{i}.log").open("wb") as out:
-                processes.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "services.cli",
-                            "worker",
-                            "--config",
-                            str(config),
-                            "--datadir",
-                            str(work / f"worker-{i}"),
-                        ],
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
+        processes += [start_worker(config, work, f"worker-{i}") for i in range(workers)]
         warm = lt.MemoryFrameSource(rendered, WARM, tag="warm")
         publish_frames([warm], rules, stores.blobs, publisher, topics.frames, topics.dead_letters)
         publisher.flush(30)
@@ -196,8 +178,6 @@ def run_distributed(
         summary = publish_frames([source], rules, stores.blobs, publisher, topics.frames, topics.dead_letters)
         assert publisher.flush(60) == 0 and summary.published == count, "frames not all published"
         wait_for(work / "records.db", WARM + count, processes, 120 + count / 2)
-        if ON_DONE:
-            ON_DONE()
         sampling.set()
         records = SqliteRecordStore(work / "records.db")
         try:

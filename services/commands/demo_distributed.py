@@ -64,6 +64,16 @@ def count_records(url: str) -> int:
         records.close()
 
 
+def start_worker(config: Path, workdir: Path, name: str) -> subprocess.Popen[bytes]:
+    """``linewatch worker`` in a process of its own: its state in ``workdir/name``, its output in
+    ``workdir/name.log``."""
+    command = [sys.executable, "-m", "services.cli", "worker", "--config", str(config)]
+    with (workdir / f"{name}.log").open("wb") as out:
+        return subprocess.Popen(
+            [*command, "--datadir", str(workdir / name)], stdout=out, stderr=subprocess.STDOUT
+        )
+
+
 def start_triton(model_dir: Path, recipe: str, workdir: Path) -> LocalTriton | None:
     """tritonserver over the demo's model exported into ``workdir/triton``, when ``make triton``
     installed it (None, said, when not: the workers then score in-process)."""
@@ -127,24 +137,7 @@ def run_distributed_demo(options: DemoOptions, workers: int = 1) -> DistributedS
     api = None
     try:
         ensure_topics(settings.kafka)
-        for i in range(workers):
-            with (workdir / f"worker-{i}.log").open("wb") as out:
-                processes.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "services.cli",
-                            "worker",
-                            "--config",
-                            str(config),
-                            "--datadir",
-                            str(workdir / f"worker-{i}"),
-                        ],
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
+        processes += [start_worker(config, workdir, f"worker-{i}") for i in range(workers)]
         print(f"{workers} worker(s) starting; their logs: {workdir}/worker-*.log", flush=True)
         key = os.environ.get("LINEWATCH_DEMO_KEY") or secrets.token_urlsafe(12)
         if options.serve:

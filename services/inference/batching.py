@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.inference.ports import InferenceError, InferencePort, InferenceUnavailable
+from services.inference.ports import InferenceError, InferencePort, InferenceUnavailable, WrappedPort
 from services.steps.detect import Detected
 
 
@@ -44,30 +44,19 @@ def split(detected: Detected, counts: Sequence[int]) -> list[Detected]:
     return out
 
 
-class MicroBatcher:
+class MicroBatcher(WrappedPort):
     """An inference port whose concurrent :meth:`detect` calls share the wrapped port's batches."""
 
     def __init__(self, port: InferencePort, max_batch: int = 8) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        self.port, self.max_batch = port, max_batch
+        super().__init__(port)
+        self.max_batch = max_batch
         self._waiting: dict[str, list[Waiting]] = {}
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0  # batches sent to the port, and the frames in them (for benchmarks)
         self.frames = 0
-
-    @property
-    def url(self) -> str:
-        return self.port.url
-
-    @property
-    def recipes(self) -> frozenset[str]:
-        return self.port.recipes
-
-    @property
-    def models(self) -> dict[str, str]:
-        return self.port.models
 
     @property
     def slots(self) -> int:

@@ -72,6 +72,30 @@ class InferencePort(Protocol):
         ...
 
 
+class WrappedPort:
+    """What a port that wraps another one says it serves: the wrapped port's (subclasses change
+    what they must)."""
+
+    def __init__(self, port: InferencePort) -> None:
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return self.port.url
+
+    @property
+    def recipes(self) -> frozenset[str]:
+        return self.port.recipes
+
+    @property
+    def models(self) -> dict[str, str]:
+        return self.port.models
+
+    @property
+    def slots(self) -> int:
+        return self.port.slots
+
+
 def describe_models(inspectors: Mapping[str, object]) -> dict[str, str]:
     """Recipe → "name version" of in-process inspectors (anything with a ``card``)."""
     out = {}

@@ -16,7 +16,7 @@ from typing import Any, Final, TypeVar
 
 import numpy as np
 
-from services.inference.ports import InferencePort
+from services.inference.ports import InferencePort, WrappedPort
 from services.steps.detect import Detected
 
 T = TypeVar("T")
@@ -24,29 +24,13 @@ START_TIMEOUT_S: Final = 600.0  # worker processes import torch and load their m
 CLOSE_TIMEOUT_S: Final = 60.0
 
 
-class InferenceThread:
+class InferenceThread(WrappedPort):
     """``port`` run in a daemon thread's event loop; :meth:`detect` may be awaited from any loop."""
 
     def __init__(self, port: InferencePort) -> None:
-        self.port = port
+        super().__init__(port)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return self.port.url
-
-    @property
-    def recipes(self) -> frozenset[str]:
-        return self.port.recipes
-
-    @property
-    def models(self) -> dict[str, str]:
-        return self.port.models
-
-    @property
-    def slots(self) -> int:
-        return self.port.slots
 
     def start_in_thread(self) -> None:
         """Start the loop thread and the port in it; raises what the port's start raises."""

@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -105,8 +106,6 @@ class TritonInference:
         slots: int = 4,
         start_timeout_s: float = 120.0,
     ) -> None:
-        from urllib.parse import urlsplit
-
         parts = urlsplit(url)
         if not parts.hostname:
             raise ValueError(f"{url!r}: expected triton://HOST:PORT (gRPC, usually port 8001)")
