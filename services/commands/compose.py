@@ -29,8 +29,8 @@ API_INFERENCE_URL = "local://?detectors=1"
 """The inference port of an API beside a line or in tests: one detector thread of its process."""
 SERVE_INFERENCE_URL = "process://?detectors=2&threads=1"
 """``linewatch serve``'s default: two detector processes, so that the web server's own Python
-(multipart parsing, decoding, storing) never stalls scoring (it did with threads: about 28 against
-48 uploads/s at 32 clients, docs/benchmarks.md)."""
+(multipart parsing, decoding, storing) never stalls scoring, as it did with detector threads
+(docs/benchmarks.md)."""
 API_MAX_BATCH = 8  # uploads scored together at most (micro-batching)
 
 
