@@ -43,17 +43,22 @@ def test_frames_scored_on_triton_become_records_exactly_once(
 def test_triton_killed_and_started_again_mid_stream_loses_and_duplicates_nothing(
     tmp_path: Path, broker: str, model_dir: Path, triton_repo: Path
 ) -> None:
-    """SIGKILL tritonserver after some records are stored; the worker's batches wait (retries, the
-    circuit breaker, then the worker's own wait) until it is back: every frame once, no dead letter."""
+    """SIGKILL tritonserver once the first frames are stored, then publish the rest: the worker's
+    batches wait (retries, the circuit breaker, then the worker's own wait) until it is back: every
+    frame once, no dead letter."""
     server = LocalTriton(triton_repo, tmp_path / "tritonserver.log").start()
     try:
         url = server.grpc_url + "?retries=1&breaker_failures=2&breaker_reset_s=1"
         config = write_config(tmp_path, broker, model_dir, inference=url)
-        ids = produce(load_settings(config), 30)
+        settings = load_settings(config)
+        ids = produce(settings, 10)
         worker = Worker(config)
         try:
-            wait_for_records(tmp_path / "records.db", 5, worker).close()
+            wait_for_records(tmp_path / "records.db", 10, worker).close()
             server.kill()
+            ids += produce(
+                settings, 20, process=False, first=10
+            )  # they reach the worker while Triton is down
             time.sleep(3)  # the worker meets the dead server
             server.start()
             records = wait_for_records(tmp_path / "records.db", 30, worker, timeout_s=120)
