@@ -49,18 +49,21 @@ class ProcessState:
     injection_speed_mm_s: float
     hold_pressure_bar: float
     cycle_time_s: float
+    return_water_temp_c: float
 
     UNITS: ClassVar[dict[str, str]] = {
         "mould_temp_c": "°C",
         "injection_speed_mm_s": "mm/s",
         "hold_pressure_bar": "bar",
         "cycle_time_s": "s",
+        "return_water_temp_c": "°C",
     }
     SETPOINTS: ClassVar[dict[str, float]] = {
         "mould_temp_c": 60.0,
         "injection_speed_mm_s": 80.0,
         "hold_pressure_bar": 600.0,
         "cycle_time_s": 24.0,
+        "return_water_temp_c": 35.0,
     }
 
     def as_params(self) -> dict[str, float]:
@@ -73,6 +76,7 @@ class ProcessState:
 
 
 PARAM_NAMES: Final[tuple[str, ...]] = tuple(ProcessState.UNITS)
+_DRIVEN: Final[tuple[str, ...]] = PARAM_NAMES[:4]  # the parameters the machine sets; the water follows
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,8 @@ class ProcessSimulator:
     Each parameter follows a slow random walk around its set point plus sensor noise; excursions
     arrive at random (per hour: 5 mould temperature dips of 5-10 °C, 8 injection speed spikes of
     +10-25 mm/s, 6 hold pressure surges of +60-140 bar, 6 micro-stops lengthening the cycle).
+    The cooling water's return temperature is not driven by anything of its own: the mould heats
+    the water, so it follows the mould temperature (0.6 °C per °C) plus its own slow wander.
     Drift ``"mould_cooling"``: the mould temperature falls linearly by ``cooling_c`` over
     ``drift_duration_s`` (then stays down), so sink marks become more frequent over the run.
     Samples are generated in fixed blocks from one random stream, so a value never depends on the
@@ -155,10 +161,12 @@ class ProcessSimulator:
         self.drift_duration_s = drift_duration_s
         self.cooling_c = cooling_c
         self._rng = np.random.default_rng(seed)
-        self._setpoints = np.array([ProcessState.SETPOINTS[name] for name in PARAM_NAMES])
-        self._walk = np.zeros(len(PARAM_NAMES))
+        self._setpoints = np.array([ProcessState.SETPOINTS[name] for name in _DRIVEN])
+        self._walk = np.zeros(len(_DRIVEN))
+        self._water_rng = np.random.default_rng([seed, 1])  # its own stream: the others stay as they were
+        self._water_walk = 0.0
         longest = max(e.longest_s for e in _EXCURSIONS)
-        self._carry = np.zeros((math.ceil(longest / period_s) + 2, len(PARAM_NAMES)))
+        self._carry = np.zeros((math.ceil(longest / period_s) + 2, len(_DRIVEN)))
         self._values = np.zeros((0, len(PARAM_NAMES)))
 
     def index_at(self, t: datetime) -> int:
@@ -211,7 +219,24 @@ class ProcessSimulator:
         if self.drift == "mould_cooling":
             elapsed = (len(self._values) + np.arange(n)) * dt
             values[:, 0] -= self.cooling_c * np.clip(elapsed / self.drift_duration_s, 0.0, 1.0)
-        return values
+        return np.column_stack([values, self._return_water(values[:, 0])])
+
+    def _return_water(self, mould_temp: FloatArray) -> FloatArray:
+        """The return water temperature: 0.6 °C per °C of mould temperature, a slow walk (σ 0.5 °C,
+        τ 300 s) and sensor noise (0.2 °C); an effect of the mould temperature, never a cause."""
+        n, rng = len(mould_temp), self._water_rng
+        keep = math.exp(-self.period_s / 300.0)
+        shocks = rng.standard_normal(n) * 0.5 * math.sqrt(1.0 - keep**2)
+        walk = np.empty(n)
+        state = self._water_walk
+        for i in range(n):
+            state = keep * state + shocks[i]
+            walk[i] = state
+        self._water_walk = state
+        base = ProcessState.SETPOINTS["return_water_temp_c"]
+        return (
+            base + 0.6 * (mould_temp - ProcessState.SETPOINTS["mould_temp_c"]) + walk + rng.normal(0, 0.2, n)
+        )
 
 
 # ---------------------------------------------------------------------------------------- defects
@@ -234,7 +259,8 @@ def defect_probabilities(state: ProcessState) -> dict[str, float]:
     contamination  0.035, constant (dirty regrind)               0.035
     ============== ============================================= =================
 
-    σ is the logistic function. ``cycle_time_s`` has no effect: a decoy for root-cause analysis.
+    σ is the logistic function. ``cycle_time_s`` has no effect: a decoy for root-cause analysis;
+    ``return_water_temp_c`` has none either but follows the mould temperature: a correlated decoy.
     At the set points 14 % of parts are NG (about 20 % over a run, excursions included); a mould
     temperature 7 °C low makes sink marks ~60 %, 100 mm/s makes flash ~53 %, 740 bar cracks ~46 %.
     """

@@ -1,12 +1,13 @@
 """The storage ports: what the rest of linewatch needs from a blob store and a record store."""
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from schemas.alert import Alert
 from schemas.blob import BlobRef
 from schemas.dead_letter import DeadLetter
 from schemas.inspection import Inspection
+from services.storage.analytics_query import AnalyticsQuery, ResultRow
 from services.storage.query import InspectionQuery, NgRateBucket
 
 
@@ -58,3 +59,24 @@ class RecordStore(Protocol):
     def list_alerts(self, limit: int = 100) -> list[Alert]: ...
 
     def close(self) -> None: ...
+
+
+class ParamStats(NamedTuple):
+    """How often a process parameter was recorded among the matching frames, and its range."""
+
+    frames: int
+    minimum: float
+    maximum: float
+    mean: float
+
+
+class AnalyticsStore(Protocol):
+    """A record store that answers analytics queries where its records live (SQL, aggregations)."""
+
+    def aggregate(self, query: AnalyticsQuery) -> list[ResultRow]:
+        """The query's groups and measures, sorted by key; only groups with a frame."""
+        ...
+
+    def parameter_stats(self, filters: InspectionQuery | None = None) -> dict[str, ParamStats]:
+        """Every process parameter recorded on a matching frame, with its count and range."""
+        ...

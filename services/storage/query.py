@@ -6,7 +6,7 @@ from typing import NamedTuple, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.common import FiniteFloat, UtcDatetime
-from schemas.defect import DefectLocation
+from schemas.defect import DefectLocation, DefectSeverity
 from schemas.inspection import Verdict
 
 
@@ -15,8 +15,9 @@ class InspectionQuery(BaseModel):
 
     The time range is on ``captured_at``: ``captured_from`` inclusive, ``captured_to`` exclusive.
     ``params`` maps a process parameter to an inclusive ``(min, max)`` range; either end may be
-    None for an open range. ``limit``/``offset`` page through the results, newest first, and are
-    ignored by counts and NG rates.
+    None for an open range. The defect filters (location, severity, cluster) each ask for a frame
+    with at least one such defect, not necessarily the same one. ``limit``/``offset`` page through
+    the results, newest first, and are ignored by counts and NG rates.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -28,6 +29,8 @@ class InspectionQuery(BaseModel):
     recipe: str | None = None
     verdict: Verdict | None = None
     defect_location: DefectLocation | None = Field(default=None, description="Has a defect here")
+    severity: DefectSeverity | None = Field(default=None, description="Has a defect of this severity")
+    cluster_id: int | None = Field(default=None, description="Has a defect in this defect cluster")
     params: dict[str, tuple[FiniteFloat | None, FiniteFloat | None]] = Field(default_factory=dict)
     limit: int = Field(default=100, ge=1, le=10_000)
     offset: int = Field(default=0, ge=0)

@@ -11,8 +11,11 @@ from typing import Any
 from schemas.alert import Alert
 from schemas.dead_letter import DeadLetter, reason_code
 from schemas.inspection import Inspection
+from services.storage import sqlite_analytics as analytics
 from services.storage import sqlite_sql as sql
+from services.storage.analytics_query import AnalyticsQuery, ResultRow
 from services.storage.errors import RecordStoreVersionError
+from services.storage.ports import ParamStats
 from services.storage.query import InspectionQuery, NgRateBucket
 
 
@@ -59,11 +62,11 @@ class SqliteRecordStore:
         stores each group of records this way: one commit instead of one per record.)"""
         rows = [_rows(inspection) for inspection in inspections]  # (serialised before taking the lock)
         with self._transaction() as db:
-            for row, locations, params in rows:
+            for row, defects, params in rows:
                 frame_id = row[0]
                 db.execute(sql.UPSERT_INSPECTION, row)
-                db.execute("DELETE FROM defect_locations WHERE frame_id = ?", (frame_id,))
-                db.executemany("INSERT INTO defect_locations (frame_id, location) VALUES (?, ?)", locations)
+                db.execute("DELETE FROM defects WHERE frame_id = ?", (frame_id,))
+                db.executemany(sql.INSERT_DEFECT, defects)
                 db.execute("DELETE FROM process_params WHERE frame_id = ?", (frame_id,))
                 db.executemany("INSERT INTO process_params (frame_id, name, value) VALUES (?, ?, ?)", params)
 
@@ -102,6 +105,13 @@ class SqliteRecordStore:
             [bucket_us, bucket_us, *args],
         )
         return [NgRateBucket(sql.from_us(b), line, camera, total, ng) for b, line, camera, total, ng in rows]
+
+    def aggregate(self, query: AnalyticsQuery) -> list[ResultRow]:
+        """An analytics query, run as one SQL statement (see ``services.analytics.query``)."""
+        return analytics.aggregate(self._read, query)
+
+    def parameter_stats(self, filters: InspectionQuery | None = None) -> dict[str, ParamStats]:
+        return analytics.parameter_stats(self._read, filters)
 
     def add_dead_letter(self, dead_letter: DeadLetter) -> bool:
         """Store a dead letter; False when this frame's letter from this step for this reason code is
@@ -187,11 +197,11 @@ def _check(limit: int) -> int:
     return limit
 
 
-_Rows = tuple[tuple[Any, ...], list[tuple[str, str]], list[tuple[str, str, float]]]
+_Rows = tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[str, str, float]]]
 
 
 def _rows(inspection: Inspection) -> _Rows:
-    """An inspection's row, its defect locations' rows and its process parameters' rows."""
+    """An inspection's row, its defects' rows and its process parameters' rows."""
     frame_id = inspection.frame_id
     row = (
         frame_id,
@@ -201,8 +211,13 @@ def _rows(inspection: Inspection) -> _Rows:
         inspection.recipe,
         inspection.verdict,
         inspection.model_dump_json(),
+        inspection.score,
+        sum(defect.area_px for defect in inspection.defects),
+        inspection.process.status,
     )
-    places = sorted({defect.location for defect in inspection.defects})
-    locations: list[tuple[str, str]] = [(frame_id, location) for location in places]
+    defects = [
+        (frame_id, idx, d.location, d.severity, d.cluster_id, d.area_px)
+        for idx, d in enumerate(inspection.defects)
+    ]
     params = [(frame_id, name, value) for name, value in sorted(inspection.process.params.items())]
-    return row, locations, params
+    return row, defects, params

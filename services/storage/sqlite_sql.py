@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from services.storage.query import InspectionQuery
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 CREATE_TABLES = (
     """CREATE TABLE IF NOT EXISTS inspections (
@@ -64,17 +64,54 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE dead_letters ADD COLUMN once_key TEXT",
         "CREATE UNIQUE INDEX IF NOT EXISTS ux_dead_letters_once ON dead_letters (once_key)",
     ),
+    # 3: plant analytics. The score, the total defect area and the process status become columns,
+    # and every defect gets a row (location, severity, cluster, area) so that queries can filter and
+    # group by them; the rows are filled from the stored records, and replace defect_locations.
+    3: (
+        "ALTER TABLE inspections ADD COLUMN score REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE inspections ADD COLUMN defect_area_px INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE inspections ADD COLUMN process_status TEXT NOT NULL DEFAULT 'missing'",
+        """UPDATE inspections SET
+            score = json_extract(record, '$.score'),
+            process_status = json_extract(record, '$.process.status'),
+            defect_area_px = (SELECT COALESCE(SUM(json_extract(d.value, '$.area_px')), 0)
+                              FROM json_each(record, '$.defects') d)""",
+        """CREATE TABLE IF NOT EXISTS defects (
+            frame_id TEXT NOT NULL REFERENCES inspections (frame_id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            location TEXT NOT NULL,
+            severity TEXT NOT NULL,
+            cluster_id INTEGER,
+            area_px INTEGER NOT NULL,
+            PRIMARY KEY (frame_id, idx)
+        )""",
+        """INSERT INTO defects (frame_id, idx, location, severity, cluster_id, area_px)
+            SELECT i.frame_id, d.key, json_extract(d.value, '$.location'),
+                   json_extract(d.value, '$.severity'), json_extract(d.value, '$.cluster_id'),
+                   json_extract(d.value, '$.area_px')
+            FROM inspections i, json_each(i.record, '$.defects') d""",
+        "CREATE INDEX IF NOT EXISTS ix_defects_location ON defects (location, frame_id)",
+        "CREATE INDEX IF NOT EXISTS ix_defects_severity ON defects (severity, frame_id)",
+        "CREATE INDEX IF NOT EXISTS ix_defects_cluster ON defects (cluster_id, frame_id)",
+        "DROP TABLE defect_locations",
+    ),
 }
 """Statements that bring a layout from the version before the key up to the key's version."""
 
 UPSERT_INSPECTION = """
-    INSERT INTO inspections (frame_id, captured_at_us, line_id, camera_id, recipe, verdict, record)
-    VALUES (?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO inspections (frame_id, captured_at_us, line_id, camera_id, recipe, verdict, record,
+                             score, defect_area_px, process_status)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (frame_id) DO UPDATE SET
         captured_at_us = excluded.captured_at_us, line_id = excluded.line_id,
         camera_id = excluded.camera_id, recipe = excluded.recipe, verdict = excluded.verdict,
-        record = excluded.record
+        record = excluded.record, score = excluded.score, defect_area_px = excluded.defect_area_px,
+        process_status = excluded.process_status
 """
+
+INSERT_DEFECT = (
+    "INSERT INTO defects (frame_id, idx, location, severity, cluster_id, area_px) VALUES (?, ?, ?, ?, ?, ?)"
+)
 
 UPSERT_ALERT = """
     INSERT INTO alerts (alert_id, raised_at_us, line_id, kind, record) VALUES (?, ?, ?, ?, ?)
@@ -111,11 +148,14 @@ def where_clause(filters: InspectionQuery) -> tuple[str, list[object]]:
         if value is not None:
             conditions.append(f"i.{column} = ?")
             args.append(value)
-    if filters.defect_location is not None:
-        conditions.append(
-            "EXISTS (SELECT 1 FROM defect_locations d WHERE d.frame_id = i.frame_id AND d.location = ?)"
-        )
-        args.append(filters.defect_location)
+    for column in ("defect_location", "severity", "cluster_id"):
+        value = getattr(filters, column)
+        if value is not None:
+            field = column.removeprefix("defect_")
+            conditions.append(
+                f"EXISTS (SELECT 1 FROM defects d WHERE d.frame_id = i.frame_id AND d.{field} = ?)"
+            )
+            args.append(value)
     for name, (low, high) in sorted(filters.params.items()):
         parts = ["p.frame_id = i.frame_id", "p.name = ?"]
         args.append(name)

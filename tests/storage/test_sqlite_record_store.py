@@ -43,7 +43,7 @@ def test_database_uses_wal_and_records_its_schema_version(store: SqliteRecordSto
     assert port.count_inspections() == 0
     with sqlite3.connect(db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == sql.SCHEMA_VERSION
 
 
 def test_upsert_twice_keeps_one_record_and_one_set_of_child_rows(
@@ -55,7 +55,7 @@ def test_upsert_twice_keeps_one_record_and_one_set_of_child_rows(
     assert store.count_inspections() == 1
     assert store.get_inspection(inspection.frame_id) == inspection
     assert _count_rows(db_path, "inspections") == 1
-    assert _count_rows(db_path, "defect_locations") == 2
+    assert _count_rows(db_path, "defects") == 3
     assert _count_rows(db_path, "process_params") == 1
 
 
@@ -80,7 +80,7 @@ def test_a_failed_upsert_leaves_no_half_written_record(store: SqliteRecordStore,
     with pytest.raises(sqlite3.IntegrityError, match="boom refused"):
         store.upsert_inspection(inspection)
     assert store.get_inspection(inspection.frame_id) is None
-    assert _count_rows(db_path, "defect_locations") == 0
+    assert _count_rows(db_path, "defects") == 0
     store.upsert_inspection(make_inspection())
     assert store.count_inspections() == 1
 
@@ -93,7 +93,7 @@ def test_records_upserted_together_are_stored_all_or_none(store: SqliteRecordSto
     ]
     store.upsert_inspections(group)
     store.upsert_inspections(group)  # idempotent, like one at a time
-    assert store.count_inspections() == 3 and _count_rows(db_path, "defect_locations") == 2
+    assert store.count_inspections() == 3 and _count_rows(db_path, "defects") == 2
     assert store.query_inspections(InspectionQuery(params={"t": (1.5, None)})) == [group[1]]
     with sqlite3.connect(db_path) as db:
         db.execute(
@@ -104,7 +104,7 @@ def test_records_upserted_together_are_stored_all_or_none(store: SqliteRecordSto
     with pytest.raises(sqlite3.IntegrityError, match="boom refused"):
         store.upsert_inspections(bad_group)
     assert [store.get_inspection(i.frame_id) for i in bad_group] == [None, None]  # not even the first
-    assert store.count_inspections() == 3 and _count_rows(db_path, "defect_locations") == 2
+    assert store.count_inspections() == 3 and _count_rows(db_path, "defects") == 2
 
 
 def test_unknown_frame_id_reads_as_none(store: SqliteRecordStore) -> None:
@@ -278,4 +278,4 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_dead_letters(db_path: Pa
         assert store.add_dead_letter(letter) is True  # the old row has no key: kept, and this one too
         assert store.add_dead_letter(letter) is False
     with sqlite3.connect(db_path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == sql.SCHEMA_VERSION

@@ -1,0 +1,1 @@
+"""Plant analytics: root-cause rankings, drift monitors and defect clustering over the record store."""
