@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "services.commands.serve",
     "services.commands.distributed",
     "services.commands.triton",
+    "services.commands.analytics",
 )
 USER_ERRORS = (ArtifactError, BackboneError, DatasetError, ImageError, FileNotFoundError)
 
