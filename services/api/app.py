@@ -10,7 +10,7 @@ from services.api.auth import require_api_key
 from services.api.context import ApiContext
 from services.api.limits import BodySizeLimitMiddleware
 from services.api.metrics import ApiMetrics, RequestMetricsMiddleware
-from services.api.routes import dashboard, docs, health, inspect, inspections, line
+from services.api.routes import analytics, dashboard, docs, health, inspect, inspections, line
 from services.api.settings import ApiSettings
 from services.inference.ports import InferencePort
 from services.steps.admit import AdmissionRules
@@ -60,7 +60,7 @@ def create_app(
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: counts the 413s too
     app.include_router(health.router)
     needs_key = [Depends(require_api_key)]
-    for router in (health.metrics_router, inspect.router, inspections.router, line.router):
+    for router in (health.metrics_router, inspect.router, inspections.router, line.router, analytics.router):
         app.include_router(router, dependencies=needs_key)
     dashboard.mount_dashboard(app)
     docs.mount_docs(app)

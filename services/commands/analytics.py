@@ -18,8 +18,8 @@ from typing import Any, cast
 
 from pydantic import ValidationError
 
-from services.analytics.causes import OUTCOME_FIELDS, Cause, CauseReport
-from services.analytics.run import query_error_message, run_causes, run_query
+from services.analytics.causes import OUTCOME_FIELDS, CauseReport
+from services.analytics.run import query_error_message, report_json, row_json, run_causes, run_query
 from services.config import load_settings
 from services.storage.analytics_query import (
     DEFECT_FIELDS,
@@ -209,22 +209,10 @@ def run_query_command(args: argparse.Namespace) -> int:
         print(f"linewatch query: error: {query_error_message(err)}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps([_row_json(query, row) for row in rows], indent=2))
+        print(json.dumps([row_json(query, row) for row in rows], indent=2))
     else:
         print_table(query, rows)
     return 0
-
-
-def _row_json(query: AnalyticsQuery, row: ResultRow) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for group, key in zip(query.group_by, row.keys, strict=True):
-        if isinstance(key, tuple):
-            out[group.field] = {"from": key[0], "to": key[1]}
-        elif isinstance(key, datetime):
-            out[group.field] = key.isoformat().replace("+00:00", "Z")
-        else:
-            out[group.field] = key
-    return {**out, **row.values}
 
 
 def _cell(name: str, value: float | int | None) -> str:
@@ -284,40 +272,6 @@ def run_causes_command(args: argparse.Namespace) -> int:
         return 0
     print_causes(report, args.top)
     return 0
-
-
-def cause_json(cause: Cause, outcome: str) -> dict[str, Any]:
-    return {
-        "param": cause.param,
-        "range": {"side": cause.side, "threshold": cause.threshold},
-        "status": cause.status,
-        "frames_in": cause.frames_in,
-        "hits_in": cause.hits_in,
-        "rate_in": cause.rate_in,
-        "frames_out": cause.frames_out,
-        "hits_out": cause.hits_out,
-        "rate_out": cause.rate_out,
-        "rate_ratio": cause.rate_ratio,
-        "rate_ratio_ci95": list(cause.rate_ratio_ci),
-        "p_value": cause.p_value,
-        "adjusted_for": cause.adjusted_for,
-        "adjusted_odds_ratio": cause.adjusted_odds_ratio,
-        "adjusted_odds_ratio_ci95": list(cause.adjusted_ci) if cause.adjusted_ci else None,
-        "adjusted_p_value": cause.adjusted_p,
-        "explained_by": cause.explained_by,
-        "sentence": cause.sentence(outcome),
-    }
-
-
-def report_json(report: CauseReport) -> dict[str, Any]:
-    return {
-        "outcome": report.outcome,
-        "frames": report.frames,
-        "hits": report.hits,
-        "base_rate": report.base_rate,
-        "causes": [cause_json(cause, report.outcome) for cause in report.causes],
-        "skipped": report.skipped,
-    }
 
 
 def print_causes(report: CauseReport, top: int) -> None:
