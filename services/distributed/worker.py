@@ -39,6 +39,7 @@ from services.steps.admit import Admitted, frame_size, load_frame
 from services.steps.finish import finish_batch
 from services.steps.join import future_timestamp
 from services.steps.store import store_group
+from services.storage.errors import RecordStoreUnavailable
 
 if TYPE_CHECKING:
     import faust
@@ -231,13 +232,24 @@ def build_app(settings: LinewatchSettings, resources: Resources, datadir: Path) 
                 await inspect_batch(frames, ", ".join(where(event) for event in events))
 
     async def store_with_retries(inspections: list[Inspection], store: RecordStore) -> None:
+        """Store the records before their frames are acknowledged. A record the store refuses is
+        tried a few times, then dead-lettered; while the store's server is away
+        (RecordStoreUnavailable) the worker waits as long as it takes: back pressure, no loss."""
         pending = inspections
-        for wait_s in (*STORE_RETRY_S, None):
+        tries = iter((*STORE_RETRY_S, None))
+        while True:
             results = await asyncio.to_thread(store_group, store, resources.blobs, pending)
             failed = [(i, e) for i, (e, _) in zip(pending, results, strict=True) if e is not None]
             if not failed:
                 return
             pending = [inspection for inspection, _ in failed]
+            if all(isinstance(error, RecordStoreUnavailable) for _, error in failed):
+                log.warning(
+                    "the record store is unavailable (%s); %d records wait", failed[0][1], len(pending)
+                )
+                await asyncio.sleep(STORE_RETRY_S[-1])
+                continue
+            wait_s = next(tries)
             if wait_s is None:
                 for inspection, error in failed:
                     uri = inspection.image.uri if inspection.image else "<none>"

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from schemas.dead_letter import DeadLetter
 from schemas.inspection import Inspection
 from services.steps.admit import elapsed_ms
+from services.storage.errors import RecordStoreUnavailable
 from services.storage.ports import BlobStore, RecordStore
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,9 @@ def store_group(
     """Make the blobs durable, upsert the records, then drop their frame blobs unless ``keep_frames``.
 
     The records go in one transaction; when that fails they are tried one by one, so that only the
-    ones that cannot be stored fail. A record that failed keeps its frame: the dead letter the
-    caller writes for it points at the frame.
+    ones that cannot be stored fail. When the store's server is away (RecordStoreUnavailable) every
+    record gets that error: the caller waits and sends them again, it does not dead-letter them. A
+    record that failed keeps its frame: the dead letter the caller writes for it points at the frame.
     """
     if not inspections:
         return []
@@ -43,6 +45,8 @@ def store_group(
     try:
         records.upsert_inspections(list(inspections))
         results = [(None, elapsed_ms(start) / len(inspections))] * len(inspections)
+    except RecordStoreUnavailable as err:  # the server is away: every record waits, none is to blame
+        return [(err, elapsed_ms(start))] * len(inspections)
     except Exception:  # find the records that cannot be stored
         log.warning("storing %d records together failed; storing them one by one", len(inspections))
         for inspection in inspections:

@@ -15,3 +15,8 @@ class BlobCorrupted(Exception):
 
 class RecordStoreVersionError(RuntimeError):
     """The record store was created by a newer linewatch than this one."""
+
+
+class RecordStoreUnavailable(ConnectionError):
+    """The record store's server could not be reached (or refused writes) for longer than its
+    retry window. Nothing is lost: the caller waits and sends the same records again."""

@@ -1,5 +1,6 @@
 """Open a store by URL, the way every linewatch setting names one: ``sqlite:///runs/records.db``
-(relative; ``sqlite:////abs/path.db`` is absolute), ``file:///var/linewatch/blobs`` or
+(relative; ``sqlite:////abs/path.db`` is absolute), ``https://es.plant:9200/linewatch`` (Elasticsearch),
+``file:///var/linewatch/blobs`` or
 ``s3://BUCKET/PREFIX?endpoint_url=…`` (S3 or an S3-compatible object store, for clusters).
 
 Each scheme's adapter is imported only when a URL with that scheme is opened."""
@@ -11,7 +12,11 @@ from typing import cast
 from services.adapters import load_adapter
 from services.storage.ports import BlobStore, RecordStore
 
-RECORD_STORES = {"sqlite": "services.storage.stores:_sqlite_records"}
+RECORD_STORES = {
+    "sqlite": "services.storage.stores:_sqlite_records",
+    "http": "services.storage.stores:_elasticsearch_records",
+    "https": "services.storage.stores:_elasticsearch_records",
+}
 BLOB_STORES = {"file": "services.storage.stores:_file_blobs", "s3": "services.storage.stores:_s3_blobs"}
 
 
@@ -20,6 +25,12 @@ def _sqlite_records(url: str) -> RecordStore:
     from services.storage.urls import sqlite_url_to_path
 
     return SqliteRecordStore(sqlite_url_to_path(url))
+
+
+def _elasticsearch_records(url: str) -> RecordStore:
+    from services.storage.elasticsearch_record_store import ElasticsearchRecordStore
+
+    return ElasticsearchRecordStore(url)
 
 
 def _file_blobs(url: str, group_commit: bool) -> BlobStore:
@@ -36,7 +47,7 @@ def _s3_blobs(url: str, group_commit: bool) -> BlobStore:
 
 
 def open_record_store(url: str) -> RecordStore:
-    """The record store named by ``url``; supported schemes: sqlite."""
+    """The record store named by ``url``; supported schemes: sqlite, http(s) (Elasticsearch)."""
     opener = load_adapter(RECORD_STORES, url, "record store URL", "sqlite:///runs/records.db")
     return cast(RecordStore, opener(url))
 

@@ -37,7 +37,7 @@ from services.steps.detect import Detected
 from services.steps.finish import MISSING_PROCESS, finish_batch
 from services.steps.join import ProcessHistory, join_process
 from services.steps.store import keep_dead_letter, store_group
-from services.storage.errors import BlobStoreFull
+from services.storage.errors import BlobStoreFull, RecordStoreUnavailable
 from services.storage.ports import BlobStore, RecordStore
 from services.stream.metrics import LineMetrics
 from services.stream.options import LineOptions
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 END: Final = None  # put on a queue after the last item
 BATCH_STEPS: Final = ("preprocess", "infer")
 MAX_STORE_GROUP: Final = 64  # records stored in one go (one worker-thread call) at most
+STORE_UNAVAILABLE_WAIT_S: Final = 2.0  # between tries while the record store's server is away
 
 __all__ = ["Line", "LineOptions"]
 
@@ -349,6 +350,13 @@ class Line:
             if not group:
                 continue
             results = await asyncio.to_thread(self._store_group, group)
+            while any(isinstance(error, RecordStoreUnavailable) for error, _ in results):
+                # the store's server is away: the records wait (and the line behind them), none is lost
+                log.warning(
+                    "the record store is unavailable (%s); %d records wait", results[0][0], len(group)
+                )
+                await asyncio.sleep(STORE_UNAVAILABLE_WAIT_S)
+                results = await asyncio.to_thread(self._store_group, group)
             for (item, inspection), (error, store_ms) in zip(group, results, strict=True):
                 if error is None:
                     self._stored(item, inspection, store_ms)

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import cast
 
 import pytest
 
 from schemas.inspection import Inspection
 from schemas.process import ProcessSnapshot
 from services.ingest.synthetic_records import synthetic_inspections
+from services.storage.elasticsearch_record_store import ElasticsearchRecordStore
+from services.storage.ports import AnalyticsStore
 from services.storage.sqlite_record_store import SqliteRecordStore
+from tests.elasticsearch_server import es_proxy, es_server_url, es_url, store_url
+
+__all__ = ["es_proxy", "es_server_url", "es_url"]
 
 
 def mixed_records() -> list[Inspection]:
@@ -46,3 +53,20 @@ def sqlite_store(records: list[Inspection]) -> Iterator[SqliteRecordStore]:
     with SqliteRecordStore(":memory:") as store:
         store.upsert_inspections(records)
         yield store
+
+
+@pytest.fixture(scope="session")
+def es_store(es_server_url: str, records: list[Inspection]) -> Iterator[ElasticsearchRecordStore]:
+    """The same records in Elasticsearch (osmem-server, or LINEWATCH_TEST_ES_URL), once a session."""
+    with ElasticsearchRecordStore(store_url(es_server_url, f"lwt-{uuid.uuid4().hex[:10]}")) as store:
+        store.upsert_inspections(records)
+        store.refresh_now()
+        yield store
+
+
+@pytest.fixture(params=["sqlite", "elasticsearch"])
+def analytics_store(request: pytest.FixtureRequest) -> AnalyticsStore:
+    """Each analytics store holding :func:`mixed_records`."""
+    return cast(
+        AnalyticsStore, request.getfixturevalue(f"{request.param.replace('elasticsearch', 'es')}_store")
+    )

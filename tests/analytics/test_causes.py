@@ -7,6 +7,7 @@ import pytest
 from services.analytics.causes import chi2_sf, nice_step, rank_causes
 from services.ingest.synthetic_records import synthetic_inspections
 from services.storage.analytics_query import QueryError
+from services.storage.elasticsearch_record_store import ElasticsearchRecordStore
 from services.storage.query import InspectionQuery
 from services.storage.sqlite_record_store import SqliteRecordStore
 
@@ -62,3 +63,17 @@ def test_helpers() -> None:
     assert chi2_sf(5.991464547107979, 2) == pytest.approx(0.05)
     assert chi2_sf(7.814727903251178, 3) == pytest.approx(0.05)
     assert chi2_sf(0.0, 4) == 1.0
+
+
+def test_the_ranking_is_the_same_on_sqlite_and_elasticsearch(
+    sqlite_store: SqliteRecordStore, es_store: ElasticsearchRecordStore
+) -> None:
+    """Every number behind the ranking is an aggregation, so both stores give the same report."""
+    on_sqlite, on_es = rank_causes(sqlite_store), rank_causes(es_store)
+    assert (on_es.frames, on_es.hits) == (on_sqlite.frames, on_sqlite.hits)
+    assert [c.param for c in on_es.causes] == [c.param for c in on_sqlite.causes]
+    for mine, theirs in zip(on_es.causes, on_sqlite.causes, strict=True):
+        assert (mine.side, mine.threshold, mine.frames_in, mine.hits_in, mine.status) == (
+            theirs.side, theirs.threshold, theirs.frames_in, theirs.hits_in, theirs.status
+        )  # fmt: skip
+        assert mine.adjusted_z == pytest.approx(theirs.adjusted_z)

@@ -61,12 +61,12 @@ def assert_same_rows(got: list[ResultRow], expected: list[ResultRow]) -> None:
 
 
 @pytest.mark.parametrize("name", list(QUERIES))
-def test_sqlite_gives_the_reference_numbers(
-    sqlite_store: SqliteRecordStore, records: list[Inspection], name: str
+def test_every_store_gives_the_reference_numbers(
+    analytics_store: AnalyticsStore, records: list[Inspection], name: str
 ) -> None:
-    store: AnalyticsStore = sqlite_store
+    """Query parity: SQLite's SQL and Elasticsearch's aggregations agree with the reference."""
     expected = reference_aggregate(records, QUERIES[name])
-    assert_same_rows(store.aggregate(QUERIES[name]), expected)
+    assert_same_rows(analytics_store.aggregate(QUERIES[name]), expected)
     if name != "nothing matches":
         assert expected, "the query should match something"
 
@@ -87,8 +87,8 @@ def test_totals_add_up(sqlite_store: SqliteRecordStore, records: list[Inspection
         assert low is not None and high is not None and math.isclose(high - low, 2.0)
 
 
-def test_parameter_stats(sqlite_store: SqliteRecordStore, records: list[Inspection]) -> None:
-    stats = sqlite_store.parameter_stats()
+def test_parameter_stats(analytics_store: AnalyticsStore, records: list[Inspection]) -> None:
+    stats = analytics_store.parameter_stats()
     assert set(stats) == {"mould_temp_c", "injection_speed_mm_s", "hold_pressure_bar", "cycle_time_s",
                           "return_water_temp_c"}  # fmt: skip
     water = [
@@ -98,7 +98,7 @@ def test_parameter_stats(sqlite_store: SqliteRecordStore, records: list[Inspecti
     assert stats["return_water_temp_c"].minimum == min(water) and stats["return_water_temp_c"].maximum == max(
         water
     )
-    line2 = sqlite_store.parameter_stats(InspectionQuery(line_id="line-2"))
+    line2 = analytics_store.parameter_stats(InspectionQuery(line_id="line-2"))
     assert "return_water_temp_c" not in line2 and line2["mould_temp_c"].frames > 0
 
 
