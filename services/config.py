@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from services.analytics.alerting import AlertSettings
 from services.api.settings import ApiSettings
 from services.ingest.ports import FrameContext
 from services.steps.admit import MIB
@@ -120,6 +121,7 @@ class LinewatchSettings(BaseSettings):
     process_sources: list[str] = Field(default_factory=list, description="Process source URLs")
     models: dict[str, Path] = Field(default_factory=dict, description="Recipe → model directory")
     stores: StoreSettings = Field(default_factory=StoreSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     batching: BatchSettings = Field(default_factory=BatchSettings)
     process: ProcessSettings = Field(default_factory=ProcessSettings)
     keep_frames: bool = Field(default=True, description="False: delete raw frames once inspected")

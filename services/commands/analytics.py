@@ -77,6 +77,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     causes.add_argument("--top", type=int, default=10, help="show this many parameters (default 10)")
     causes.set_defaults(handler=run_causes_command)
 
+    kibana = sub.add_parser(
+        "kibana",
+        help="write Kibana saved objects (data view, plant dashboard) for the Elasticsearch store",
+        description="Writes ndjson for Kibana's Saved objects import: a data view on PREFIX-inspections-*, "
+        "visualisations (NG rate over time, defects by location and severity, score histogram, the NG "
+        "share per bin of each process parameter) and a dashboard holding them.",
+    )
+    kibana.add_argument("--prefix", default="linewatch", help="the store's index prefix (%(default)s)")
+    kibana.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME[:WIDTH]",
+        help="a process parameter to chart, with its bin width (default: the demo line's parameters)",
+    )
+    kibana.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    kibana.set_defaults(handler=run_kibana_command)
+
 
 def _add_store_and_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--records", metavar="URL", help="record store URL (default: from --config)")
@@ -285,3 +303,24 @@ def print_causes(report: CauseReport, top: int) -> None:
         print(f"{rank:>2}. [{cause.status}] {cause.sentence(report.outcome)}")
     for name, why in report.skipped.items():
         print(f"    skipped {name}: {why}")
+
+
+def run_kibana_command(args: argparse.Namespace) -> int:
+    from services.analytics.kibana import DEMO_PARAMS, saved_objects, to_ndjson
+
+    params: list[tuple[str, float | None]] = []
+    for text in args.param:
+        name, _, width = text.partition(":")
+        try:
+            params.append((name, _number(width, f"--param {name}") if width else None))
+        except QueryError as err:
+            print(f"linewatch kibana: error: {err}", file=sys.stderr)
+            return 2
+    text = to_ndjson(saved_objects(args.prefix, params or DEMO_PARAMS))
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+        print(f"wrote {text.count(chr(10))} saved objects to {args.out}")
+    return 0

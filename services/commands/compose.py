@@ -105,7 +105,10 @@ def build_line(
     process = [open_process_source(url, settings.line_id) for url in settings.process_sources]
     options = replace(settings.line_options(), skip_stored=resume)
     inference = open_inference(settings.inference_url(), inspectors, options.max_batch, settings.models)
-    return Line(frames, process, inference, stores.records, stores.blobs, options)
+    from services.analytics.alerting import Alerting
+
+    alerting = Alerting(stores.records, settings.alerts)
+    return Line(frames, process, inference, stores.records, stores.blobs, options, alerting=alerting)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from services.analytics.alerting import Alerting
 from services.api.settings import ApiSettings, hash_key
 from services.commands.compose import Api, build_api, open_stores, serve_beside
 from services.inference.urls import open_inference
@@ -112,7 +113,10 @@ def run_demo(options: DemoOptions) -> LineSummary:
         line_options = LineOptions(keep_frames=options.keep_frames)
         models = {frames.line.recipe: inspector}
         inference = open_inference("process://", models, line_options.max_batch)  # as `linewatch run`
-        line = Line([frames], [process], inference, stores.records, stores.blobs, line_options)
+        alerting = Alerting(stores.records)  # drift monitors with their defaults, no webhooks
+        line = Line(
+            [frames], [process], inference, stores.records, stores.blobs, line_options, alerting=alerting
+        )
         server = None
         if serve:
             settings = ApiSettings(host="127.0.0.1", port=port, key_hashes=[hash_key(key)])

@@ -102,6 +102,7 @@ def run_ingest(args: argparse.Namespace) -> int:
 def run_worker(args: argparse.Namespace) -> int:
     import faust
 
+    from services.analytics.alerting import Alerting
     from services.commands.compose import load_local_models, open_stores
     from services.config import load_settings
     from services.distributed.process_reader import ProcessReader
@@ -130,7 +131,8 @@ def run_worker(args: argparse.Namespace) -> int:
     history = ProcessHistory(settings.process.max_age_s, settings.process.clock_skew_s)
     reader = ProcessReader(settings.kafka, history)
     batched = MicroBatcher(inference, settings.batching.max_batch)  # the agent's frames share batches
-    resources = Resources(stores.records, stores.blobs, InferenceThread(batched), reader, sink)
+    alerting = Alerting(stores.records, settings.alerts)
+    resources = Resources(stores.records, stores.blobs, InferenceThread(batched), reader, sink, alerting)
     app = build_app(settings, resources, args.datadir)
     log.info(
         "worker of %s on %s, models for %s",

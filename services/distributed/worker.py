@@ -33,7 +33,8 @@ from schemas.dead_letter import DeadLetter, reject
 from schemas.frame import Frame
 from schemas.inspection import Inspection
 from schemas.process import ProcessSample
-from services.distributed.codec import decode_record, encode, frame_key
+from services.analytics.alerting import Alerting
+from services.distributed.codec import decode_record, encode, frame_key, line_key
 from services.inference.ports import detect_when_served
 from services.steps.admit import Admitted, frame_size, load_frame
 from services.steps.finish import finish_batch
@@ -66,9 +67,11 @@ class Resources:
         inference: InferenceThread,
         reader: ProcessReader,
         sink: RecordStore | None = None,
+        alerting: Alerting | None = None,
     ) -> None:
         self.records, self.blobs, self.inference, self.sink = records, blobs, inference, sink
         self.reader = reader
+        self.alerting = alerting  # drift monitors of the cameras whose partitions this worker holds
 
     def start(self) -> None:
         """Start the inference port (load the models, start detector processes, warm up) and read
@@ -78,6 +81,8 @@ class Resources:
         log.info("process history: %d samples read back from %s", self.reader.samples, self.reader.topic)
 
     def close(self) -> None:
+        if self.alerting is not None:
+            self.alerting.close()
         self.reader.close()
         self.inference.close_thread()
         self.records.close()
@@ -136,6 +141,7 @@ def build_app(settings: LinewatchSettings, resources: Resources, datadir: Path) 
     process_topic = raw_topic(topics.process)
     inspections_topic = raw_topic(topics.inspections)
     dead_topic = raw_topic(topics.dead_letters)
+    alerts_topic = raw_topic(topics.alerts)
     reader = resources.reader
     skew_s = settings.process.clock_skew_s
 
@@ -216,6 +222,10 @@ def build_app(settings: LinewatchSettings, resources: Resources, datadir: Path) 
                 for r_frame, record in zip(batch, records, strict=True)
             ]
             await asyncio.gather(*sent)  # and published for downstream consumers, confirmed
+            if resources.alerting is not None:
+                alerts = await asyncio.to_thread(resources.alerting.after_stored, records)
+                for alert in alerts:  # stored by the monitor already; published for other consumers
+                    await (await alerts_topic.send(key=line_key(alert.line_id), value=encode(alert)))
             log.info("inspected %d frames of %s (%s)", len(batch), recipe, offsets)
 
     @app.agent(frames_topic, concurrency=settings.kafka.concurrency)

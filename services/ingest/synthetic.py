@@ -133,7 +133,8 @@ class ProcessSimulator:
     The cooling water's return temperature is not driven by anything of its own: the mould heats
     the water, so it follows the mould temperature (0.6 °C per °C) plus its own slow wander.
     Drift ``"mould_cooling"``: the mould temperature falls linearly by ``cooling_c`` over
-    ``drift_duration_s`` (then stays down), so sink marks become more frequent over the run.
+    ``drift_duration_s`` (then stays down), from ``drift_start_s`` into the run, so sink marks become
+    more frequent.
     Samples are generated in fixed blocks from one random stream, so a value never depends on the
     order in which times are asked for.
     """
@@ -148,6 +149,7 @@ class ProcessSimulator:
         drift: str | None = None,
         drift_duration_s: float = 600.0,
         cooling_c: float = 10.0,
+        drift_start_s: float = 0.0,
     ) -> None:
         if start.tzinfo is None:
             raise ValueError("start must be timezone-aware (UTC)")
@@ -160,6 +162,7 @@ class ProcessSimulator:
         self.drift = drift
         self.drift_duration_s = drift_duration_s
         self.cooling_c = cooling_c
+        self.drift_start_s = drift_start_s
         self._rng = np.random.default_rng(seed)
         self._setpoints = np.array([ProcessState.SETPOINTS[name] for name in _DRIVEN])
         self._walk = np.zeros(len(_DRIVEN))
@@ -211,13 +214,15 @@ class ProcessSimulator:
         for exc in _EXCURSIONS:
             for begin in np.sort(rng.integers(0, n, rng.poisson(exc.rate_per_h / 3600.0 * dt * n))):
                 pulse = exc.pulse(rng, dt)
-                excursions[begin : begin + len(pulse), exc.param] += pulse
+                span = excursions[begin : begin + len(pulse), exc.param]
+                # a disturbance during another does not add to it: the stronger one holds
+                span[:] = np.where(np.abs(pulse) > np.abs(span), pulse, span)
         self._carry = excursions[n:].copy()
 
         sensor = rng.standard_normal((n, len(_NOISE))) * np.array([p.sensor for p in _NOISE])
         values = self._setpoints + walk + excursions[:n] + sensor
         if self.drift == "mould_cooling":
-            elapsed = (len(self._values) + np.arange(n)) * dt
+            elapsed = (len(self._values) + np.arange(n)) * dt - self.drift_start_s
             values[:, 0] -= self.cooling_c * np.clip(elapsed / self.drift_duration_s, 0.0, 1.0)
         return np.column_stack([values, self._return_water(values[:, 0])])
 

@@ -53,6 +53,7 @@ def synthetic_inspections(
     frame_period_s: float = 0.5,
     drift: str | None = None,
     drift_duration_s: float = 600.0,
+    drift_start_s: float = 0.0,
     miss_rate: float = 0.0,
     false_alarm_rate: float = 0.0,
     size: int = 256,
@@ -61,7 +62,14 @@ def synthetic_inspections(
     if not 0 <= miss_rate < 1 or not 0 <= false_alarm_rate < 1:
         raise ValueError("miss_rate and false_alarm_rate must be in [0, 1)")
     process_seed, part_seed = np.random.SeedSequence([seed, 17]).spawn(2)
-    simulator = ProcessSimulator(int(process_seed.generate_state(1)[0]), start, 1.0, drift, drift_duration_s)
+    simulator = ProcessSimulator(
+        int(process_seed.generate_state(1)[0]),
+        start,
+        1.0,
+        drift,
+        drift_duration_s,
+        drift_start_s=drift_start_s,
+    )
     rng = np.random.default_rng(part_seed)
     cell_px = size / 3
     for index in range(n):

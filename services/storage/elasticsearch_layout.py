@@ -5,7 +5,9 @@ aggregation bodies that mirror the SQLite store's SQL.
   document per frame with ``frame_id`` as ``_id``: storing a record twice leaves one document.
   Old days are dropped by deleting their index (or by an ILM policy on the template).
 * Every field a query filters or groups by is a keyword, number or date; defects are ``nested``
-  (so that "a defect at the centre that is critical" can be asked of one defect); process
+  (so that "a defect at the centre that is critical" can be asked of one defect), and their
+  locations, severities and clusters are repeated as plain arrays for Kibana, whose
+  visualisations cannot aggregate nested fields; process
   parameters are ``params.<name>`` doubles (a dynamic template maps each new one), with their
   names listed in ``param_names``. The whole record is kept, unindexed, in ``record``.
 * Times are kept twice: ``captured_at`` (a date, for Kibana) and ``captured_at_us`` (microseconds,
@@ -92,6 +94,9 @@ def inspection_template(prefix: str, flavour: Flavour, embedding_dims: int = 0) 
                     "defect_area_px": {"type": "long"},
                     "process_age_s": {"type": "double"},
                     "defects": {"type": "nested", "properties": defect_properties},
+                    "defect_locations": keyword,
+                    "defect_severities": keyword,
+                    "defect_clusters": {"type": "integer"},
                     "params": {"type": "object", "dynamic": True},
                     "param_names": keyword,
                     "record": {"type": "object", "enabled": False},
@@ -168,6 +173,9 @@ def inspection_document(inspection: Inspection) -> dict[str, Any]:
             }
             for d in inspection.defects
         ],
+        "defect_locations": sorted({d.location for d in inspection.defects}),
+        "defect_severities": sorted({d.severity for d in inspection.defects}),
+        "defect_clusters": sorted({d.cluster_id for d in inspection.defects if d.cluster_id is not None}),
         "params": {escape_param(k): v for k, v in inspection.process.params.items()},
         "param_names": sorted(inspection.process.params),
         "record": record,

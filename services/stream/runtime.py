@@ -30,6 +30,7 @@ from schemas.dead_letter import DeadLetter, reason_code, reject
 from schemas.frame import Frame
 from schemas.inspection import Inspection
 from schemas.process import ProcessSnapshot
+from services.analytics.alerting import Alerting
 from services.inference.ports import InferencePort, detect_when_served
 from services.ingest.ports import CapturedFrame, FrameSource, ProcessSource
 from services.steps.admit import AdmissionRules, admit, elapsed_ms, frame_size
@@ -97,8 +98,10 @@ class Line:
         blobs: BlobStore,
         options: LineOptions | None = None,
         metrics: LineMetrics | None = None,
+        alerting: Alerting | None = None,
     ) -> None:
         self.frame_sources, self.process_sources = list(frame_sources), list(process_sources)
+        self.alerting = alerting  # drift monitors and alerts, fed every group of stored records
         self.inference, self.records, self.blobs = inference, records, blobs
         self.options = options or LineOptions()
         self.rules: AdmissionRules = self.options.admission(inference.recipes)
@@ -137,7 +140,7 @@ class Line:
 
     async def run(self) -> LineSummary:
         """Start the inference port, run until the sources end or :meth:`stop` is called and every
-        frame read is dealt with, then close the port."""
+        frame read is dealt with, then close the port (and the alerting's webhooks)."""
         self._loop = asyncio.get_running_loop()
         size = self.options.queue_size
         to_join: asyncio.Queue[InFlight | None] = asyncio.Queue(size)
@@ -169,6 +172,8 @@ class Line:
             self.running = False
             self.summary.wall_s = time.perf_counter() - started  # (a worker takes a while to exit)
             await self.inference.close()
+            if self.alerting is not None:
+                await asyncio.to_thread(self.alerting.close)  # deliver the alerts still queued
         return self.summary
 
     # ------------------------------------------------------------------------------------ ingest
@@ -368,6 +373,14 @@ class Line:
                 frame = item.frame
                 letter = reject("store", "store_error", str(error), frame.image.uri, frame.frame_id)
                 await self._dead_letter(letter, frame=True)
+            if self.alerting is not None:
+                stored = [
+                    inspection
+                    for (_, inspection), (error, _) in zip(group, results, strict=True)
+                    if not error
+                ]
+                alerts = await asyncio.to_thread(self.alerting.after_stored, stored)
+                self.summary.alerts += len(alerts)
 
     @staticmethod
     async def _next_group(

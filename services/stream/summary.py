@@ -27,6 +27,7 @@ class LineSummary:
     # dead letters in the record store at the end, from every writer (the line, API uploads, earlier
     # runs); None when not counted
     stored_dead_letters: int | None = None
+    alerts: int = 0  # alerts the drift monitors raised
 
     @property
     def ng_rate(self) -> float:
@@ -66,6 +67,8 @@ class LineSummary:
             f"throughput    {self.throughput:.1f} frames/s over {self.wall_s:.1f} s{self._startup()}",
             f"latency       p50 {p50:.0f} ms, p99 {p99:.0f} ms (read off the source to stored)",
         ]
+        if self.alerts:
+            out.append(f"alerts        {self.alerts} raised (GET /v1/alerts, the dashboard)")
         if self.stopped_by:
             out.append(f"stopped       {self.stopped_by}")
         return out

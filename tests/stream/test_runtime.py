@@ -457,3 +457,20 @@ def test_when_the_blobs_cannot_be_synced_no_record_is_stored_and_the_line_stops(
         assert summary.dead_letters.get("store_error", 0) >= 1
     finally:
         records.close()
+
+
+def test_the_line_feeds_its_stored_records_to_the_drift_monitors(
+    detector: FakeDetector, records: SqliteRecordStore, blobs: FileBlobStore
+) -> None:
+    """No process source: every frame's process data is missing, and the line says so in an alert."""
+    from services.analytics.alerting import Alerting, AlertSettings
+    from services.analytics.drift import DriftSettings
+
+    alerting = Alerting(records, AlertSettings(drift=DriftSettings(process_window=10, check_every=5)))
+    source = ListSource([captured(i) for i in range(30)])
+    line = Line([source], [], detector, records, blobs, LineOptions(max_batch=4), alerting=alerting)
+    summary = asyncio.run(line.run())
+    assert summary.inspected == 30 and summary.alerts == 1
+    (alert,) = records.list_alerts()
+    assert alert.kind == "process_data" and alert.camera_id == "cam-1"
+    assert any("alerts        1 raised" in text for text in summary.lines())
