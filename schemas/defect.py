@@ -73,6 +73,13 @@ class Defect(Record):
     severity: DefectSeverity
     defect_class: Name | None = Field(default=None, description="e.g. scratch, dent, weld_spatter")
     cluster_id: int | None = Field(default=None, description="Set by clustering of defect embeddings")
+    embedding: list[FiniteFloat] = Field(
+        default_factory=list,
+        description=(
+            "Unit-length feature of the defect's region (what it adds to a good part), for clustering;"
+            " empty when the detector gives none"
+        ),
+    )
 
     @model_validator(mode="after")
     def _mean_not_above_max(self) -> Self:

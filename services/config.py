@@ -20,6 +20,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from services.analytics.alerting import AlertSettings
+from services.analytics.clustering import ClusterSettings
 from services.api.settings import ApiSettings
 from services.ingest.ports import FrameContext
 from services.steps.admit import MIB
@@ -122,6 +123,7 @@ class LinewatchSettings(BaseSettings):
     models: dict[str, Path] = Field(default_factory=dict, description="Recipe → model directory")
     stores: StoreSettings = Field(default_factory=StoreSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    clustering: ClusterSettings = Field(default_factory=ClusterSettings)
     batching: BatchSettings = Field(default_factory=BatchSettings)
     process: ProcessSettings = Field(default_factory=ProcessSettings)
     keep_frames: bool = Field(default=True, description="False: delete raw frames once inspected")

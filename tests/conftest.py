@@ -1,4 +1,5 @@
-"""Shared test fixtures: where the real data and weights live (../shared beside the checkout)."""
+"""Shared test fixtures: where the real data and weights live (../shared beside the checkout), and a
+detector trained once per session on the synthetic line."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
+
+from services.ingest.synthetic import write_dataset
+from services.vision.inspector import Inspector
+from services.vision.train import TrainConfig, train
 
 SHARED = Path(os.environ.get("LINEWATCH_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 DATASETS = SHARED / "datasets"
@@ -25,3 +30,29 @@ def bottle_root() -> Path:
     if not (root / "bottle" / "train" / "good").is_dir():
         pytest.skip(f"shared bottle dataset not found under {root} (set LINEWATCH_SHARED)")
     return root
+
+
+TRAIN_PARTS = 40
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, mobilenet_weights: Path) -> Path:
+    root = tmp_path_factory.mktemp("synthetic-data")
+    write_dataset(root, n_train=TRAIN_PARTS, n_test=0, seed=0)
+    out = tmp_path_factory.mktemp("model")
+    train(
+        TrainConfig(
+            data_root=root,
+            category="synthetic",
+            out_dir=out,
+            weights=mobilenet_weights,
+            activation="relu",
+            progress=False,
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def inspector(model_dir: Path) -> Inspector:
+    return Inspector.load(model_dir)

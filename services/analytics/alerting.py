@@ -5,6 +5,11 @@ records once they are stored (the embedded line in its store step, the Faust wor
 batch is stored; it also publishes each alert on the alerts topic). An alert is stored (the
 dashboard and ``GET /v1/alerts`` show it) and sent to the webhooks; an alert no webhook took is a
 dead letter from source ``alert_webhook``.
+
+With clustering settings, the embedded line's :class:`Alerting` also starts periodic defect
+clustering (:class:`~services.analytics.clustering.PeriodicClustering`) in the background; its
+novel-cluster alerts go to the same webhooks. The distributed line runs clustering from its
+leader's timer instead, so that one worker, not each, clusters the shared store.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.alert import Alert
 from schemas.dead_letter import reject
 from schemas.inspection import Inspection
+from services.analytics.clustering import ClusterSettings, PeriodicClustering
 from services.analytics.drift import DriftMonitor, DriftSettings
 from services.analytics.webhooks import WebhookNotifier
 from services.storage.ports import RecordStore
@@ -36,8 +42,17 @@ class AlertSettings(BaseModel):
     webhook_queue: int = Field(default=1000, ge=1, description="Alerts waiting for the webhooks at most")
 
 
+CLUSTERING_WAIT_S = 300.0
+"""How long closing waits for a clustering run in progress."""
+
+
 class Alerting:
-    def __init__(self, records: RecordStore, settings: AlertSettings | None = None) -> None:
+    def __init__(
+        self,
+        records: RecordStore,
+        settings: AlertSettings | None = None,
+        clustering: ClusterSettings | None = None,
+    ) -> None:
         settings = settings or AlertSettings()
         self.records = records
         self.monitor = DriftMonitor(settings.drift)
@@ -49,10 +64,18 @@ class Alerting:
             queue_size=settings.webhook_queue,
         )
         self.raised = 0
+        self.clustering = (
+            PeriodicClustering(records, clustering, on_alert=self.notifier.send)
+            if clustering is not None and clustering.enabled
+            else None
+        )
 
     def after_stored(self, inspections: Sequence[Inspection]) -> list[Alert]:
-        """Feed the monitors; store and send the alerts they raise. Never raises: alerting trouble
-        is logged and must not stop the line."""
+        """Feed the monitors; store and send the alerts they raise; start a clustering run when one
+        is due. Never raises: alerting trouble is logged and must not stop the line."""
+        if self.clustering is not None:
+            self.clustering.count(inspections)
+            self.clustering.poll()
         try:
             alerts = self.monitor.observe_many(list(inspections))
         except Exception:
@@ -73,4 +96,6 @@ class Alerting:
         self.records.add_dead_letter(reject("alert_webhook", "webhook_error", detail, url))
 
     def close(self) -> None:
+        if self.clustering is not None:
+            self.clustering.wait(CLUSTERING_WAIT_S)
         self.notifier.close()

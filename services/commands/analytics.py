@@ -1,6 +1,7 @@
-"""Plant analytics on the command line: ``linewatch query`` and ``linewatch causes``.
+"""Plant analytics on the command line: ``linewatch query``, ``linewatch causes`` and
+``linewatch cluster`` (and ``linewatch kibana``, which writes Kibana's saved objects).
 
-Both read the record store named by ``--records`` (default: ``stores.records`` of ``--config``, else
+They read the record store named by ``--records`` (default: ``stores.records`` of ``--config``, else
 ``sqlite:///runs/records.db``), take the same filters, and print a table (``--json`` for machines).
 A bad query (an unknown field or parameter, a bad range) exits with status 2 and says why.
 """
@@ -19,6 +20,7 @@ from typing import Any, cast
 from pydantic import ValidationError
 
 from services.analytics.causes import OUTCOME_FIELDS, CauseReport
+from services.analytics.clustering import ClusterRun, ClusterSettings
 from services.analytics.run import query_error_message, report_json, row_json, run_causes, run_query
 from services.config import load_settings
 from services.storage.analytics_query import (
@@ -76,6 +78,26 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     causes.add_argument("--top", type=int, default=10, help="show this many parameters (default 10)")
     causes.set_defaults(handler=run_causes_command)
+
+    cluster = sub.add_parser(
+        "cluster",
+        help="cluster the defects of NG frames, write the cluster ids back, flag new kinds of defect",
+        description="Groups the stored defects by their embeddings (UMAP, then HDBSCAN), keeps the ids of "
+        "clusters already known, gives new groups new ids and flags those unlike every known cluster as "
+        "novel (an alert each). Writes the ids into the records unless --dry-run; --report DIR writes an "
+        "HTML page with example thumbnails. The filters choose which NG frames are read.",
+    )
+    _add_store_and_filters(cluster)
+    cluster.add_argument("--blobs", metavar="URL", help="blob store for thumbnails (default: from --config)")
+    cluster.add_argument("--report", type=Path, metavar="DIR", help="write DIR/index.html")
+    cluster.add_argument("--reducer", choices=("umap", "pca"), help="default umap")
+    cluster.add_argument("--min-cluster-size", type=int, help="HDBSCAN's smallest cluster (default 10)")
+    cluster.add_argument("--max-defects", type=int, help="read at most this many, newest first (20000)")
+    cluster.add_argument(
+        "--match-distance", type=float, help="cosine distance to a known cluster's centre (default 0.2)"
+    )
+    cluster.add_argument("--dry-run", action="store_true", help="store nothing: no ids, no alerts")
+    cluster.set_defaults(handler=run_cluster_command)
 
     kibana = sub.add_parser(
         "kibana",
@@ -324,3 +346,80 @@ def run_kibana_command(args: argparse.Namespace) -> int:
         args.out.write_text(text, encoding="utf-8")
         print(f"wrote {text.count(chr(10))} saved objects to {args.out}")
     return 0
+
+
+def cluster_settings(args: argparse.Namespace) -> ClusterSettings:
+    """The ``clustering:`` settings of the config file (if any), with the command's options."""
+    config = args.config if args.config is not None else Path("linewatch.yaml")
+    base = load_settings(config).clustering if config.is_file() else ClusterSettings()
+    options = {
+        "reducer": args.reducer,
+        "min_cluster_size": args.min_cluster_size,
+        "max_defects": args.max_defects,
+        "match_distance": args.match_distance,
+    }
+    return ClusterSettings.model_validate(
+        {**base.model_dump(), **{k: v for k, v in options.items() if v is not None}}
+    )
+
+
+def blobs_url(args: argparse.Namespace) -> str | None:
+    if args.blobs:
+        return str(args.blobs)
+    config = args.config if args.config is not None else Path("linewatch.yaml")
+    return load_settings(config).stores.blobs if config.is_file() else None
+
+
+def run_cluster_command(args: argparse.Namespace) -> int:
+    from services.analytics.cluster_report import write_cluster_report
+    from services.analytics.clustering import cluster_defects
+    from services.storage.stores import open_blob_store
+
+    try:
+        if args.verdict == "OK":
+            raise QueryError("clustering reads the defects of NG frames: --verdict OK selects none")
+        settings, filters = cluster_settings(args), build_filters(args)
+        store = open_record_store(records_url(args))
+    except (QueryError, ValidationError) as err:
+        print(f"linewatch cluster: error: {query_error_message(err)}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        print(f"linewatch cluster: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        run = cluster_defects(store, settings, filters, write=not args.dry_run, progress=not args.json)
+        if args.report is not None:
+            url = blobs_url(args)
+            blobs = open_blob_store(url) if url else None
+            try:
+                page = write_cluster_report(run, store, blobs, args.report)
+            finally:
+                if blobs is not None:
+                    blobs.close()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(run.as_json(), indent=2))
+        return 0
+    print_clusters(run, dry_run=args.dry_run)
+    if args.report is not None:
+        print(f"report: {page}")
+    return 0
+
+
+def print_clusters(run: ClusterRun, dry_run: bool = False) -> None:
+    if run.defects == 0:
+        print("no defects with embeddings among the NG frames read (PatchCore models give them)")
+        return
+    print(
+        f"{run.defects} defects: {len(run.clusters)} clusters ({len(run.novel)} novel), {run.noise} in none;"
+        f" {run.reducer}, {run.seconds:.1f} s"
+    )
+    print(f"{'cluster':>7}  {'defects':>7}  {'first seen':<19}  {'last seen':<19}  where")
+    for c in sorted(run.clusters, key=lambda c: (not c.novel, -c.size)):
+        where = ", ".join(f"{k} {v}" for k, v in list(c.locations.items())[:3])
+        flag = "  NOVEL" if c.novel else ""
+        seen = f"{c.first_seen:%Y-%m-%d %H:%M:%S}  {c.last_seen:%Y-%m-%d %H:%M:%S}"
+        print(f"{c.cluster_id:>7}  {c.size:>7}  {seen}  {where}{flag}")
+    changed = "would change" if dry_run else "changed"
+    print(f"{changed} the cluster ids of {run.changed_records} records")

@@ -107,7 +107,7 @@ def build_line(
     inference = open_inference(settings.inference_url(), inspectors, options.max_batch, settings.models)
     from services.analytics.alerting import Alerting
 
-    alerting = Alerting(stores.records, settings.alerts)
+    alerting = Alerting(stores.records, settings.alerts, settings.clustering)
     return Line(frames, process, inference, stores.records, stores.blobs, options, alerting=alerting)
 
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from services.analytics.alerting import Alerting
+from services.analytics.clustering import ClusterSettings
 from services.api.settings import ApiSettings, hash_key
 from services.commands.compose import Api, build_api, open_stores, serve_beside
 from services.inference.urls import open_inference
@@ -29,6 +30,9 @@ from services.vision.inspector import Inspector
 from services.vision.train import TrainConfig, train
 
 CATEGORY = "synthetic"
+
+DEMO_CLUSTER_EVERY_S = 60.0
+"""The demo clusters its defects this often (the default is every 10 minutes)."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,8 @@ def run_demo(options: DemoOptions) -> LineSummary:
         line_options = LineOptions(keep_frames=options.keep_frames)
         models = {frames.line.recipe: inspector}
         inference = open_inference("process://", models, line_options.max_batch)  # as `linewatch run`
-        alerting = Alerting(stores.records)  # drift monitors with their defaults, no webhooks
+        # drift monitors with their defaults, no webhooks; defects clustered every minute or so
+        alerting = Alerting(stores.records, clustering=ClusterSettings(every_s=DEMO_CLUSTER_EVERY_S))
         line = Line(
             [frames], [process], inference, stores.records, stores.blobs, line_options, alerting=alerting
         )

@@ -103,6 +103,7 @@ def run_worker(args: argparse.Namespace) -> int:
     import faust
 
     from services.analytics.alerting import Alerting
+    from services.analytics.clustering import PeriodicClustering
     from services.commands.compose import load_local_models, open_stores
     from services.config import load_settings
     from services.distributed.process_reader import ProcessReader
@@ -131,8 +132,11 @@ def run_worker(args: argparse.Namespace) -> int:
     history = ProcessHistory(settings.process.max_age_s, settings.process.clock_skew_s)
     reader = ProcessReader(settings.kafka, history)
     batched = MicroBatcher(inference, settings.batching.max_batch)  # the agent's frames share batches
-    alerting = Alerting(stores.records, settings.alerts)
-    resources = Resources(stores.records, stores.blobs, InferenceThread(batched), reader, sink, alerting)
+    alerting = Alerting(stores.records, settings.alerts)  # clustering runs from the leader's timer
+    clustering = PeriodicClustering(stores.records, settings.clustering, on_alert=alerting.notifier.send)
+    resources = Resources(
+        stores.records, stores.blobs, InferenceThread(batched), reader, sink, alerting, clustering
+    )
     app = build_app(settings, resources, args.datadir)
     log.info(
         "worker of %s on %s, models for %s",

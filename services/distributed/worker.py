@@ -34,6 +34,7 @@ from schemas.frame import Frame
 from schemas.inspection import Inspection
 from schemas.process import ProcessSample
 from services.analytics.alerting import Alerting
+from services.analytics.clustering import PeriodicClustering
 from services.distributed.codec import decode_record, encode, frame_key, line_key
 from services.inference.ports import detect_when_served
 from services.steps.admit import Admitted, frame_size, load_frame
@@ -68,10 +69,12 @@ class Resources:
         reader: ProcessReader,
         sink: RecordStore | None = None,
         alerting: Alerting | None = None,
+        clustering: PeriodicClustering | None = None,
     ) -> None:
         self.records, self.blobs, self.inference, self.sink = records, blobs, inference, sink
         self.reader = reader
         self.alerting = alerting  # drift monitors of the cameras whose partitions this worker holds
+        self.clustering = clustering  # defect clustering over the shared store, run by the leader
 
     def start(self) -> None:
         """Start the inference port (load the models, start detector processes, warm up) and read
@@ -301,6 +304,28 @@ def build_app(settings: LinewatchSettings, resources: Resources, datadir: Path) 
                         log.error("could not store a dead letter (%s): %s", letter.reason, err)
                         break
                     await asyncio.sleep(wait_s)
+
+    clustering = resources.clustering
+    if clustering is not None and clustering.settings.enabled:
+
+        @app.timer(interval=clustering.settings.every_s, on_leader=True)
+        async def cluster_defects() -> None:
+            """The leader clusters the shared store's defects when enough new ones came in; its
+            novel-cluster alerts are stored by the run and published here."""
+            try:
+                run = await asyncio.to_thread(clustering.run_if_new)
+            except Exception:  # a failed run is tried again at the next tick
+                log.exception("a clustering run failed")
+                return
+            if run is not None:
+                log.info(
+                    "clustered %d defects: %d clusters, %d novel",
+                    run.defects,
+                    len(run.clusters),
+                    len(run.novel),
+                )
+                for alert in run.alerts:
+                    await (await alerts_topic.send(key=line_key(alert.line_id), value=encode(alert)))
 
     return app
 

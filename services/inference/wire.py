@@ -47,6 +47,7 @@ def decode_prediction(data: bytes) -> tuple[Prediction, dict[str, Any]]:
                 centroid=tuple(d["centroid"]),
                 location=str(d["location"]),
                 severity=str(d["severity"]),
+                embedding=tuple(float(v) for v in d.get("embedding", ())),
             )
             for d in body.pop("defects")
         ]

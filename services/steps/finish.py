@@ -40,6 +40,7 @@ def to_defect(region: DefectRegion) -> Defect:
         centroid=Point(x=cx, y=cy),
         location=region.location,  # type: ignore[arg-type]  # find_defects only returns grid names
         severity=region.severity,  # type: ignore[arg-type]
+        embedding=list(region.embedding),
     )
 
 

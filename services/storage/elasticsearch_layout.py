@@ -139,7 +139,7 @@ DEAD_LETTER_PROPERTIES = {
 }
 
 
-def inspection_document(inspection: Inspection) -> dict[str, Any]:
+def inspection_document(inspection: Inspection, embedding_dims: int = 0) -> dict[str, Any]:
     record = inspection.model_dump(mode="json")
     return {
         "frame_id": inspection.frame_id,
@@ -170,6 +170,11 @@ def inspection_document(inspection: Inspection) -> dict[str, Any]:
                 "area_share": d.area_share,
                 "max_score": d.max_score,
                 "mean_score": d.mean_score,
+                **(
+                    {"embedding": d.embedding}
+                    if embedding_dims and len(d.embedding) == embedding_dims
+                    else {}
+                ),
             }
             for d in inspection.defects
         ],

@@ -186,7 +186,7 @@ class ElasticsearchRecordStore:
                         "_id": inspection.frame_id,
                     }
                 },
-                layout.inspection_document(inspection),
+                layout.inspection_document(inspection, self._embedding_dims),
             )
             for inspection in inspections
         }

@@ -43,6 +43,7 @@ class DefectRegion:
     centroid: tuple[float, float]  # x, y in original frame pixels
     location: str  # coarse 3x3 grid name
     severity: str  # minor / major / critical
+    embedding: tuple[float, ...] = ()  # unit-length defect embedding for clustering; () without one
 
 
 def location_name(cx: float, cy: float, width: float, height: float) -> str:
@@ -71,12 +72,16 @@ def find_defects(
     frame_hw: tuple[int, int] | None = None,
     offset_xy: tuple[int, int] = (0, 0),
     threshold: float = 0.5,
+    features: np.ndarray | None = None,
 ) -> list[DefectRegion]:
     """Defects in a normalised (H, W) map, measured in the frame's pixels, most severe first.
 
     ``frame_hw`` is the size of the inspected area in the original frame (the ROI, or the whole
     frame) and ``offset_xy`` the ROI's origin; by default the map's own pixels are used. Each region
     above ``threshold`` is one defect, measured on its core (``rules.core_fraction``).
+
+    ``features`` (D, h, w), a feature grid over the same area, gives each defect an embedding: the
+    features averaged over the grid cells its whole region covers (:func:`region_embedding`).
     """
     map_h, map_w = score_map.shape
     frame_h, frame_w = frame_hw or (map_h, map_w)
@@ -121,7 +126,28 @@ def find_defects(
                 centroid=((cx + 0.5) * sx + offset_xy[0], (cy + 0.5) * sy + offset_xy[1]),
                 location=location_name(cx + 0.5, cy + 0.5, map_w, map_h),
                 severity=grade(max_score, share, rules),
+                embedding=region_embedding(features, labels == label) if features is not None else (),
             )
         )
     defects.sort(key=lambda d: (d.max_score, d.area_px), reverse=True)
     return defects
+
+
+EMBEDDING_DECIMALS = 4
+"""Defect embeddings are unit vectors rounded to this many decimals: about 1 KB a defect in JSON."""
+
+
+def region_embedding(features: np.ndarray, region: np.ndarray) -> tuple[float, ...]:
+    """The (D, h, w) ``features`` averaged over the cells of the grid that the boolean ``region`` (a
+    mask over the whole map, any size) covers, each cell weighted by the share of it covered; scaled
+    to unit length (clustering compares directions) and rounded. () when the region is empty."""
+    _, grid_h, grid_w = features.shape
+    cover = cv2.resize(region.astype(np.float32), (grid_w, grid_h), interpolation=cv2.INTER_AREA)
+    total = float(cover.sum())
+    if total <= 0:
+        return ()
+    pooled = np.tensordot(features.astype(np.float32), cover / total, axes=([1, 2], [0, 1]))
+    norm = float(np.linalg.norm(pooled))
+    if not np.isfinite(norm) or norm == 0:
+        return ()
+    return tuple(round(float(v), EMBEDDING_DECIMALS) for v in pooled / norm)

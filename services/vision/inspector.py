@@ -35,6 +35,7 @@ class RawScores:
     scores: np.ndarray  # (B,)
     maps: np.ndarray  # (B, S, S) float32
     embeddings: np.ndarray  # (B, D) float32
+    residuals: np.ndarray | None = None  # (B, D, h, w): what defects add to good patches (PatchCore)
 
 
 class Inspector:
@@ -55,11 +56,18 @@ class Inspector:
         return torch.stack([preprocess(image, self.card.image_size, self.card.roi) for image in images])
 
     def score_batch(self, batch: torch.Tensor) -> RawScores:
-        """Raw scores, maps and embeddings for a preprocessed (B, 3, S, S) batch."""
+        """Raw scores, maps and embeddings for a preprocessed (B, 3, S, S) batch, and the residual
+        features that give defects their embeddings when the model has them (PatchCore)."""
+        residuals = None
         with torch.inference_mode():
-            scores, maps, embeddings = self.model(batch)
+            with_residuals = getattr(self.model, "score_with_residuals", None)
+            if callable(with_residuals):
+                scores, maps, embeddings, grid = with_residuals(batch)
+                residuals = grid.float().numpy()
+            else:
+                scores, maps, embeddings = self.model(batch)
         return RawScores(
-            scores.numpy(), maps.numpy().astype(np.float32), embeddings.numpy().astype(np.float32)
+            scores.numpy(), maps.numpy().astype(np.float32), embeddings.numpy().astype(np.float32), residuals
         )
 
     def interpret(self, raw: RawScores, frames_hw: Sequence[tuple[int, int]]) -> list[Prediction]:
@@ -69,11 +77,12 @@ class Inspector:
         predictions = []
         for i, frame_hw in enumerate(frames_hw):
             pixel_map = card.pixel_calibration.normalise(raw.maps[i]).astype(np.float32)
+            features = raw.residuals[i] if raw.residuals is not None else None
             if card.roi is not None:
                 x, y, w, h = card.roi
-                defects = find_defects(pixel_map, card.defect_rules, (h, w), (x, y))
+                defects = find_defects(pixel_map, card.defect_rules, (h, w), (x, y), features=features)
             else:
-                defects = find_defects(pixel_map, card.defect_rules, frame_hw)
+                defects = find_defects(pixel_map, card.defect_rules, frame_hw, features=features)
             score = float(scores[i])
             predictions.append(
                 Prediction(

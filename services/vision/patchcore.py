@@ -123,10 +123,20 @@ class PatchCoreModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Image scores (B,) and anomaly maps (B, S, S), both raw distances, and embeddings (B, D):
-        the feature of each image's most anomalous patch, for clustering defects.
+        the feature of each image's most anomalous patch.
 
         With position statistics (``position_weight`` > 0) the map is the weighted sum of the two
         standardised distances and the image score the mean of its highest ``image_top_share``."""
+        scores, maps, embeddings, _ = self.score_with_residuals(images)
+        return scores, maps, embeddings
+
+    def score_with_residuals(
+        self, images: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What :meth:`forward` returns, and each patch's residual (B, D, h, w): its feature minus
+        that of its nearest good patch in the memory bank. Pooled over a defect's region, the
+        residual says what the defect adds to a good part, whatever part of the part it sits on;
+        defects of one kind get similar residuals, which is what clustering them needs."""
         feature_maps = self.extractor(images)
         patches, (h, w) = self._embed_maps(feature_maps)
         batch, n_patches, dim = patches.shape
@@ -142,7 +152,8 @@ class PatchCoreModel(nn.Module):
             image_scores = self._image_scores(patches, patch_scores, where.view(batch, n_patches))
             maps = patch_scores_to_map(patch_scores.view(batch, h, w), self.image_size, self.params.sigma)
         embeddings = patches[torch.arange(batch), grid_scores.argmax(dim=1)]
-        return image_scores, maps, embeddings
+        residuals = patches - self.memory_bank[where.view(batch, n_patches)]
+        return image_scores, maps, embeddings, residuals.view(batch, h, w, dim).permute(0, 3, 1, 2)
 
     def blended_scores(
         self, patch_scores: torch.Tensor, position_scores: torch.Tensor, grid: tuple[int, int]

@@ -19,10 +19,9 @@ import pytest
 import yaml
 
 from services.distributed.broker import LocalBroker
-from tests.stream.conftest import inspector, model_dir
 from tests.triton_server import triton, triton_repo
 
-__all__ = ["inspector", "model_dir", "triton", "triton_repo"]
+__all__ = ["triton", "triton_repo"]
 
 LINEWATCH = [sys.executable, "-m", "services.cli"]
 

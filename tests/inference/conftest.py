@@ -1,7 +1,6 @@
 """The synthetic-line model of the line's tests, and a real tritonserver serving it, for the
 inference port's contract tests."""
 
-from tests.stream.conftest import inspector, model_dir
 from tests.triton_server import triton, triton_repo
 
-__all__ = ["inspector", "model_dir", "triton", "triton_repo"]
+__all__ = ["triton", "triton_repo"]

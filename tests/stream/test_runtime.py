@@ -474,3 +474,28 @@ def test_the_line_feeds_its_stored_records_to_the_drift_monitors(
     (alert,) = records.list_alerts()
     assert alert.kind == "process_data" and alert.camera_id == "cam-1"
     assert any("alerts        1 raised" in text for text in summary.lines())
+
+
+def test_the_line_clusters_its_defects_in_the_background(
+    inspector: Inspector, records: SqliteRecordStore, blobs: FileBlobStore
+) -> None:
+    """The real detector on rendered defective parts; clustering due after 20 defects; the line's end
+    waits for the run, whose cluster ids are then in the stored records."""
+    from services.analytics.alerting import Alerting
+    from services.analytics.clustering import ClusterSettings
+    from services.ingest.synthetic import render_part
+
+    rng = np.random.default_rng(3)
+    kinds = ("sink_mark", "crack", "contamination")
+    frames = [captured(i, image=render_part(rng, [kinds[i % 3]], 256)[0]) for i in range(45)]
+    settings = ClusterSettings(every_s=0.01, min_new_defects=20, reducer="pca", min_cluster_size=5)
+    alerting = Alerting(records, clustering=settings)
+    inference = LocalInference({"housing-A": inspector}, detectors=1, threads=1)
+    line = Line(
+        [ListSource(frames)], [], inference, records, blobs, LineOptions(max_batch=4), alerting=alerting
+    )
+    summary = asyncio.run(line.run())
+    assert summary.inspected == 45
+    assert alerting.clustering is not None and alerting.clustering.runs
+    clustered = [d.cluster_id for r in records.query_inspections() for d in r.defects if r.verdict == "NG"]
+    assert sum(c is not None for c in clustered) >= 15
