@@ -83,6 +83,9 @@ def test_compose_runs_the_distributed_line() -> None:
     assert services["worker"]["depends_on"]["triton"]["condition"] == "service_healthy"
 
 
+STORE_CREDENTIALS = {"LINEWATCH_ES_PASSWORD", "LINEWATCH_ES_API_KEY"}
+
+
 def test_compose_commands_variables_and_addresses_match_the_code() -> None:
     assert not setting_exists("LINEWATCH_KAFKA__NOPE") and not setting_exists("LINEWATCH_INFERENCE__X")
     services = compose()["services"]
@@ -92,6 +95,8 @@ def test_compose_commands_variables_and_addresses_match_the_code() -> None:
     for service in linewatch:
         parses_as_a_command(service["command"])
         for variable, value in service["environment"].items():
+            if variable in STORE_CREDENTIALS:  # read by the Elasticsearch store, not a setting
+                continue
             if variable.startswith("LINEWATCH_"):
                 assert setting_exists(variable), variable
                 env[variable] = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
@@ -117,6 +122,9 @@ def test_compose_commands_variables_and_addresses_match_the_code() -> None:
     assert settings.inference_url() == "triton://triton:8001"  # Triton's gRPC port
     assert settings.stores.records.startswith("sqlite:////var/linewatch/runs/")  # on the shared volume
     assert all("linewatch-data:/var/linewatch/runs" in s["volumes"] for s in linewatch)
+    # the workers' sink is the Elasticsearch service, its password from the environment
+    assert str(settings.kafka.sink_records).startswith("http://elastic@elasticsearch:9200/")
+    assert "LINEWATCH_ES_PASSWORD" in services["worker"]["environment"]
 
 
 def test_dockerfiles_install_with_the_constraints() -> None:

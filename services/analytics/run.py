@@ -79,6 +79,7 @@ def cause_json(cause: Cause, outcome: str) -> dict[str, Any]:
         "adjusted_odds_ratio_ci95": list(cause.adjusted_ci) if cause.adjusted_ci else None,
         "adjusted_p_value": cause.adjusted_p,
         "explained_by": cause.explained_by,
+        "levels": list(cause.levels),
         "sentence": cause.sentence(outcome),
     }
 

@@ -99,6 +99,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     cluster.add_argument("--dry-run", action="store_true", help="store nothing: no ids, no alerts")
     cluster.set_defaults(handler=run_cluster_command)
 
+    report = sub.add_parser(
+        "report",
+        help="an HTML inspection report: one inspection (--frame) or a period (the filters)",
+        description="Writes one self-contained HTML page: per inspection the overlay, defects, process "
+        "data and its most telling parameters (values in a risky range of the root-cause ranking); for a "
+        "period also its counts and the ranking, then the highest-scoring NG inspections. Print it to PDF "
+        "from a browser.",
+    )
+    _add_store_and_filters(report)
+    report.add_argument(
+        "--blobs", metavar="URL", help="blob store of frames and heat maps (default: from --config)"
+    )
+    report.add_argument("--frame", metavar="FRAME_ID", help="report this inspection only")
+    report.add_argument("--max", type=int, default=20, help="NG inspections shown for a period (default 20)")
+    report.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    report.set_defaults(handler=run_report_command)
+
     kibana = sub.add_parser(
         "kibana",
         help="write Kibana saved objects (data view, plant dashboard) for the Elasticsearch store",
@@ -423,3 +440,36 @@ def print_clusters(run: ClusterRun, dry_run: bool = False) -> None:
         print(f"{c.cluster_id:>7}  {c.size:>7}  {seen}  {where}{flag}")
     changed = "would change" if dry_run else "changed"
     print(f"{changed} the cluster ids of {run.changed_records} records")
+
+
+def run_report_command(args: argparse.Namespace) -> int:
+    from services.api.report import inspection_report, range_report
+    from services.storage.stores import open_blob_store
+
+    try:
+        filters = build_filters(args)
+        url = blobs_url(args) or "file:runs/blobs"
+        store = open_record_store(records_url(args))
+    except (QueryError, ValidationError) as err:
+        print(f"linewatch report: error: {query_error_message(err)}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        print(f"linewatch report: error: {err}", file=sys.stderr)
+        return 2
+    blobs = open_blob_store(url)
+    try:
+        if args.frame:
+            inspection = store.get_inspection(args.frame)
+            if inspection is None:
+                print(f"linewatch report: error: no inspection with frame id {args.frame}", file=sys.stderr)
+                return 2
+            page = inspection_report(store, blobs, inspection)
+        else:
+            page = range_report(store, blobs, filters, max(1, args.max))
+    finally:
+        blobs.close()
+        store.close()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(page, encoding="utf-8")
+    print(f"wrote {args.out} ({len(page) / 1024:.0f} KB)")
+    return 0

@@ -146,6 +146,11 @@ def test_dashboard_feed_chart_and_inspection_page(browser_app: FastAPI, tmp_path
         expect(page.locator("#overlay")).to_have_attribute("src", re.compile(r"^blob:"))
         expect(page.locator("#timings tbody")).to_contain_text("infer")
         page.screenshot(path=str(tmp_path / "inspection.png"), full_page=True)
+        with page.expect_popup() as popup:  # the HTML report, fetched with the key
+            page.click("#report")
+        report = popup.value
+        expect(report.locator("h1")).to_contain_text("Inspection")
+        expect(report.locator("h3").first).to_have_text("Defects")
         browser.close()
     assert (tmp_path / "dashboard.png").stat().st_size > 0
 
@@ -173,3 +178,46 @@ def test_the_api_docs_render_with_no_internet(browser_app: FastAPI) -> None:
         expect(page.locator(".opblock-summary-path").first).to_be_visible()
         browser.close()
     assert outside == []
+
+
+@pytest.fixture
+def analytics_app(tmp_path: Path) -> Iterator[FastAPI]:
+    """The API over 5,000 records of the synthetic line (no pixels; no detector needed)."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's chromium package to run the dashboard test")
+    from services.ingest.synthetic_records import synthetic_inspections
+
+    with SqliteRecordStore(tmp_path / "records.db") as records:
+        records.upsert_inspections(list(synthetic_inspections(5_000, seed=1)))
+        yield create_app(ApiSettings(keys=[API_KEY]), records, TieredBlobStore.at(tmp_path / "blobs"))
+
+
+def test_the_causes_page_charts_the_ranking(analytics_app: FastAPI, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with serving(analytics_app) as base_url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"{base_url}/dashboard/")
+        page.fill("#api-key", API_KEY)
+        page.click("#login-form button")
+        page.click("a.nav")  # "Why NG?"
+        expect(page).to_have_url(re.compile(r"/dashboard/causes\.html$"))
+        # the planted causes are the red bars, the correlated decoy grey, each with its interval
+        expect(page.locator("#causes-chart svg rect.bar")).to_have_count(5)
+        expect(page.locator("#causes-chart svg rect.bar.cause")).to_have_count(3)
+        expect(page.locator("#causes-chart svg rect.bar.explained")).to_have_count(1)
+        expect(page.locator("#causes-chart svg line.whisker")).to_have_count(5)
+        expect(page.locator("#causes-table tbody tr").first).to_contain_text("hold pressure (bar)")
+        expect(page.locator("#causes-table tbody")).to_contain_text("explained by mould_temp_c")
+        expect(page.locator("#bins-chart svg rect.bin")).to_have_count(11)  # 10 edges of the ranking
+        expect(page.locator("#causes-summary")).to_contain_text("5000 frames")
+        page.screenshot(path=str(tmp_path / "causes.png"), full_page=True)
+        # another outcome and a period with no records
+        page.select_option("#outcome", "severity=critical")
+        page.click("#causes-form button")
+        expect(page.locator("#causes-table tbody tr").first).to_contain_text("hold pressure (bar)")
+        page.select_option("#period", "3600")
+        page.click("#causes-form button")
+        expect(page.locator("#causes-chart")).to_contain_text("No parameter separates them.")
+        browser.close()

@@ -3,11 +3,13 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
+from fastapi.responses import HTMLResponse
 
 from schemas.inspection import Inspection
 from services.api.context import Context
 from services.api.filters import PARAM_HELP, inspection_filters
 from services.api.models import InspectionPage
+from services.api.report import MAX_INSPECTIONS, inspection_report, range_report
 from services.api.thumbnails import frame_pixels, overlay_of, shrink
 from services.storage.query import InspectionQuery
 from services.vision.overlay import decode_heatmap, encode_png
@@ -36,10 +38,38 @@ def list_inspections(
     return InspectionPage(total=total, limit=filters.limit, offset=filters.offset, items=items)
 
 
+@router.get(
+    "/v1/reports/inspections.html",
+    response_class=HTMLResponse,
+    description=f"The same filters as /v1/inspections (`param`: {PARAM_HELP}); `limit` is how many NG "
+    f"inspections are shown (the highest-scoring; at most {MAX_INSPECTIONS}).",
+)
+def report_of_range(
+    context: Context,
+    filters: Annotated[InspectionQuery, Depends(inspection_filters)],
+) -> HTMLResponse:
+    """A self-contained HTML report of a period: counts, the root-cause ranking, and the
+    highest-scoring NG inspections with overlay, defects, process data and telling parameters."""
+    return HTMLResponse(
+        range_report(context.records, context.blobs, filters, min(filters.limit, MAX_INSPECTIONS))
+    )
+
+
 @router.get("/v1/inspections/{frame_id}", responses={404: {"description": "No such inspection"}})
 def get_inspection(context: Context, frame_id: str) -> Inspection:
     """One inspection, whole."""
     return _get_or_404(context, frame_id)
+
+
+@router.get(
+    "/v1/inspections/{frame_id}/report.html",
+    response_class=HTMLResponse,
+    responses={404: {"description": "No such inspection"}},
+)
+def report_of_inspection(context: Context, frame_id: str) -> HTMLResponse:
+    """A self-contained HTML report of one inspection: overlay, defects, process data, and the
+    parameters of this frame that lie in a risky range of the week's root-cause ranking."""
+    return HTMLResponse(inspection_report(context.records, context.blobs, _get_or_404(context, frame_id)))
 
 
 @router.get(

@@ -10,8 +10,9 @@ const lw = (() => {
     return sessionStorage.getItem(KEY_NAME) || "";
   }
 
-  async function call(path) {
-    const response = await fetch(path, { headers: { "X-API-Key": apiKey() } });
+  async function call(path, options = {}) {
+    const headers = { "X-API-Key": apiKey(), ...(options.headers || {}) };
+    const response = await fetch(path, { ...options, headers });
     if (response.status === 401 || response.status === 403) {
       throw new AuthError(response.status === 401 ? "An API key is needed." : "This API key is not accepted.");
     }
@@ -29,6 +30,12 @@ const lw = (() => {
 
   async function json(path) {
     return (await call(path)).json();
+  }
+
+  // POST a JSON body, answer the JSON reply (analytics queries).
+  async function postJson(path, body) {
+    const options = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+    return (await call(path, options)).json();
   }
 
   // An image the API serves, as an object URL (an <img src> cannot send the key itself).
@@ -158,7 +165,7 @@ const lw = (() => {
   }
 
   return {
-    AuthError, json, imageUrl, el, verdictBadge, formatClock, formatTime, formatDateTime, formatAgo, formatPercent,
+    AuthError, json, postJson, imageUrl, el, verdictBadge, formatClock, formatTime, formatDateTime, formatAgo, formatPercent,
     label, paramLabel, setConnection, signIn,
   };
 })();

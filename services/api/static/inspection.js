@@ -77,6 +77,13 @@
       message.hidden = false;
       return;
     }
+    const report = document.getElementById("report");
+    report.hidden = false;
+    report.addEventListener("click", async () => {
+      // fetched with the key, then opened: a plain link could not send it
+      const url = await lw.imageUrl(`${path}/report.html`);
+      window.open(url, "_blank");
+    });
     const img = document.getElementById("overlay");
     lw.imageUrl(`${path}/overlay.png?max_side=1600`)
       .then((url) => { img.src = url; })
