@@ -8,6 +8,7 @@ says so), and the records land in SQLite: every frame exactly once, with its pro
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -221,3 +222,62 @@ def test_two_workers_share_the_partitions_and_one_leaving_hands_its_own_over(
     finally:
         one.stop()
         two.stop()
+
+
+def consume(broker: str, topic: str, timeout_s: float = 30, want: int = 1) -> list[bytes]:
+    """The values on ``topic`` from its start (a consumer group of its own)."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker,
+            "group.id": f"test-{time.monotonic_ns()}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([topic])
+    values: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and len(values) < want:
+            message = consumer.poll(0.5)
+            value = message.value() if message is not None and message.error() is None else None
+            if value is not None:
+                values.append(value)
+    finally:
+        consumer.close()
+    return values
+
+
+def test_the_worker_publishes_alerts_and_its_leader_clusters_defects(
+    tmp_path: Path, broker: str, model_dir: Path
+) -> None:
+    """No process samples: every frame's process data is missing, the drift monitor says so, and the
+    alert is stored and published on the alerts topic; the leader's timer clusters the NG frames'
+    defects (their ids and novelty are tested in tests/analytics/test_clustering.py)."""
+    config = write_config(
+        tmp_path,
+        broker,
+        model_dir,
+        alerts={"drift": {"process_window": 10, "check_every": 5}},
+        clustering={"every_s": 1.0, "min_new_defects": 1, "reducer": "pca", "min_cluster_size": 2},
+    )
+    settings = load_settings(config)
+    produce(settings, 16, process=False)
+    worker = Worker(config)
+    try:
+        records = wait_for_records(tmp_path / "records.db", 16, worker)
+        (published,) = consume(broker, settings.kafka.topics.alerts)
+        assert b'"kind":"process_data"' in published
+        assert [a.kind for a in records.list_alerts()] == ["process_data"]
+        ng = records.query_inspections(InspectionQuery(verdict="NG"))
+        defects = sum(1 for r in ng for d in r.defects if d.embedding)
+        assert defects >= 2
+        deadline = time.monotonic() + 30  # the leader's timer fires every second
+        while time.monotonic() < deadline and not re.search(r"clustered \d+ defects", worker.output()):
+            time.sleep(0.5)
+        found = re.search(r"clustered (\d+) defects", worker.output())
+        assert found is not None and int(found.group(1)) == defects, worker.output()[-3000:]
+        records.close()
+    finally:
+        worker.stop()
