@@ -9,10 +9,12 @@ and 256x256 anomaly maps, so both are measured by the same yardstick.
     .venv/bin/python benchmarks/engine_vs_anomalib.py --skip-peer  # linewatch only
     .venv/bin/python benchmarks/engine_vs_anomalib.py --peer-from benchmarks/results/earlier.json
 
-linewatch runs twice per set: with its defaults (the position weight and the image score's top
-share chosen at training time on synthetic defects painted on held-out good images, ``auto``) and
-as plain PatchCore (``--position-weight 0``). ``--variants`` picks; ``positions`` is the fixed 0.55
-that was chosen on the magnetic-tile test images before ``auto`` existed.
+``--variants destseg`` adds linewatch's DeSTSeg (its own three teacher layers of the same backbone,
+trained on CPU at its default steps). linewatch runs twice per set: with its defaults (the position
+weight and the image score's top share chosen at training time on synthetic defects painted on
+held-out good images, ``auto``) and as plain PatchCore (``--position-weight 0``). ``--variants``
+picks; ``positions`` is the fixed 0.55 that was chosen on the magnetic-tile test images before
+``auto`` existed.
 
 The peer needs its own environment (see benchmarks/peer_anomalib.py): `.venv-bench`.
 Prints one table and writes benchmarks/results/engine_vs_anomalib.json.
@@ -74,6 +76,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "plain": ("linewatch PatchCore, no positions", ["--position-weight", "0"]),
     # the weight that was chosen on the magnetic-tile test images before ``auto`` existed
     "positions": ("linewatch PatchCore+positions 0.55", ["--position-weight", "0.55"]),
+    # DeSTSeg at its defaults (teacher layers features.3/6/13 of the same MobileNetV2, trained on
+    # synthetic defects); its training budget is in the row (steps, seconds, device)
+    "destseg": ("linewatch DeSTSeg (defaults)", ["--detector", "destseg"]),
 }
 DEFAULT_VARIANTS = ("default", "plain")
 
@@ -98,12 +103,9 @@ def linewatch_side(
             str(WEIGHTS),
             "--activation",
             "relu",
-            "--layers",
-            *LAYERS,
+            *([] if variant == "destseg" else ["--layers", *LAYERS, "--coreset", str(coreset)]),
             "--image-size",
             "256",
-            "--coreset",
-            str(coreset),
             "--threads",
             "2",
             *extra,
@@ -117,8 +119,14 @@ def linewatch_side(
         "coreset": coreset,
         "fit_s": card["training"]["fit_seconds"],
         "rss_fit_mb": rss_fit,
-        "bank": card["tensors"]["memory_bank"][0],
+        "bank": card["tensors"].get("memory_bank", [0])[0],
     }
+    trained = card["training"].get("destseg")
+    if trained:
+        row["destseg"] = {
+            stage: {k: trained[stage][k] for k in ("steps", "best_step", "stopped_early", "seconds")}
+            for stage in ("student", "segmentation")
+        } | {"device": trained["device"]}
     chosen = card["training"].get("position_choice")
     if chosen and "skipped" in chosen:
         row["chosen"] = "W=0.0 (too few held-out images)"

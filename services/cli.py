@@ -12,6 +12,7 @@ from services.vision.artifact import ArtifactError
 from services.vision.backbone import BackboneError
 from services.vision.dataset import DatasetError
 from services.vision.images import ImageError
+from services.vision.synthesis import SynthesisError
 
 COMMAND_MODULES = (
     "services.commands.vision",
@@ -21,7 +22,7 @@ COMMAND_MODULES = (
     "services.commands.triton",
     "services.commands.analytics",
 )
-USER_ERRORS = (ArtifactError, BackboneError, DatasetError, ImageError, FileNotFoundError)
+USER_ERRORS = (ArtifactError, BackboneError, DatasetError, ImageError, SynthesisError, FileNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,6 @@
-"""Shared test fixtures: where the real data and weights live (../shared beside the checkout), and a
-detector trained once per session on the synthetic line."""
+"""Shared test fixtures: where the real data and weights live (../shared beside the checkout), and
+detectors trained once per session on the synthetic line (PatchCore, and a DeSTSeg trained for a few
+steps: enough to check that every runtime serves it alike, not to detect anything)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.ingest.synthetic import write_dataset
+from services.vision.destseg import DestsegParams
 from services.vision.inspector import Inspector
 from services.vision.train import TrainConfig, train
 
@@ -36,9 +38,44 @@ TRAIN_PARTS = 40
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, mobilenet_weights: Path) -> Path:
+def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic-data")
     write_dataset(root, n_train=TRAIN_PARTS, n_test=0, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def destseg_model_dir(
+    tmp_path_factory: pytest.TempPathFactory, synthetic_data: Path, mobilenet_weights: Path
+) -> Path:
+    out = tmp_path_factory.mktemp("destseg-model")
+    train(
+        TrainConfig(
+            data_root=synthetic_data,
+            category="synthetic",
+            out_dir=out,
+            detector="destseg",
+            weights=mobilenet_weights,
+            activation="relu",
+            image_size=128,
+            destseg=DestsegParams(student_steps=12, segmentation_steps=12, batch_size=4, eval_every=6),
+            device="cpu",
+            progress=False,
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def destseg_inspector(destseg_model_dir: Path) -> Inspector:
+    return Inspector.load(destseg_model_dir)
+
+
+@pytest.fixture(scope="session")
+def model_dir(
+    tmp_path_factory: pytest.TempPathFactory, synthetic_data: Path, mobilenet_weights: Path
+) -> Path:
+    root = synthetic_data
     out = tmp_path_factory.mktemp("model")
     train(
         TrainConfig(

@@ -1,13 +1,18 @@
-"""The engine's commands: ``linewatch train``, ``evaluate`` and ``predict``."""
+"""The engine's commands: ``linewatch train``, ``evaluate``, ``predict`` and ``synth``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.vision.backbone import ACTIVATIONS
+
+if TYPE_CHECKING:
+    from services.vision.artifact import ModelCard
 
 
 def position_weight(text: str) -> float | str:
@@ -28,7 +33,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--data", type=Path, required=True, help="dataset root (MVTec layout)")
     train.add_argument("--category", required=True)
     train.add_argument("--out", type=Path, required=True, help="model directory to write")
-    train.add_argument("--detector", choices=["patchcore", "spade"], default="patchcore")
+    train.add_argument("--detector", choices=["patchcore", "spade", "destseg"], default="patchcore")
     train.add_argument("--backbone", default="mobilenet_v2", help="any torchvision classification model")
     train.add_argument("--weights", type=Path, help="local state_dict of the backbone (air-gapped plants)")
     train.add_argument("--activation", choices=sorted(ACTIVATIONS), help="replace every activation function")
@@ -56,6 +61,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--target-fpr", type=float, default=0.01, help="false-alarm rate the threshold aims at"
     )
     train.add_argument("--roi", type=int, nargs=4, metavar=("X", "Y", "W", "H"), help="inspect only this box")
+    train.add_argument(
+        "--device", default="auto", help="DeSTSeg: cpu, cuda or auto (a CUDA GPU when there is one)"
+    )
+    train.add_argument("--student-steps", type=int, help="DeSTSeg: stage-1 steps (default 1500)")
+    train.add_argument("--segmentation-steps", type=int, help="DeSTSeg: stage-2 steps (default 700)")
+    train.add_argument(
+        "--textures", type=Path, help="DeSTSeg: a folder of texture images its synthetic defects also use"
+    )
+    train.add_argument(
+        "--foreground",
+        choices=["auto", "otsu", "whole"],
+        default="auto",
+        help="DeSTSeg: where synthetic defects may go (default auto: the part when Otsu finds one)",
+    )
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(handler=run_train)
@@ -85,6 +104,41 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--threads", type=int)
     predict.set_defaults(handler=run_predict)
 
+    synth = sub.add_parser(
+        "synth",
+        help="write a test set of synthetic defects on good images (MVTec layout)",
+        description="Draws synthetic defects on a category's good images and writes OUT/CAT/test/synthetic,"
+        " OUT/CAT/ground_truth/synthetic/*_mask.png, copies of the goods in OUT/CAT/test/good and a"
+        " synthetic.json manifest; linewatch evaluate --data OUT --category CAT reads it.",
+    )
+    synth.add_argument("--data", type=Path, required=True, help="dataset root (MVTec layout)")
+    synth.add_argument("--category", required=True)
+    synth.add_argument("--out", type=Path, required=True, help="root of the set to write")
+    synth.add_argument("--method", choices=["perlin", "paint"], default="perlin")
+    synth.add_argument("--n", type=int, default=100, help="synthetic images (%(default)s)")
+    synth.add_argument(
+        "--split", choices=["test", "train"], default="test", help="whose good images (%(default)s)"
+    )
+    synth.add_argument(
+        "--sources",
+        nargs="+",
+        choices=["procedural", "self", "folder"],
+        default=["procedural", "self"],
+        help="Perlin: texture sources (folder joins when --textures is given)",
+    )
+    synth.add_argument("--textures", type=Path, help="a folder of texture images (DTD-style)")
+    synth.add_argument(
+        "--foreground",
+        choices=["auto", "otsu", "whole"],
+        default="auto",
+        help="where defects may go: the part found by Otsu, the whole image, or auto (%(default)s)",
+    )
+    synth.add_argument("--size", type=int, help="resize the goods to SIZE x SIZE first (default: as is)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--no-goods", action="store_true", help="do not copy the good images")
+    synth.add_argument("--overwrite", action="store_true", help="replace a synthetic set already there")
+    synth.set_defaults(handler=run_synth)
+
 
 def _set_threads(threads: int | None) -> None:
     if threads:
@@ -94,30 +148,61 @@ def _set_threads(threads: int | None) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from services.vision.destseg import DestsegParams, TrainingDiverged
+    from services.vision.synthesis import SynthesisSettings
     from services.vision.train import TrainConfig, train
 
     _set_threads(args.threads)
-    card = train(
-        TrainConfig(
-            data_root=args.data,
-            category=args.category,
-            out_dir=args.out,
-            detector=args.detector,
-            backbone=args.backbone,
-            weights=args.weights,
-            activation=args.activation,
-            layers=args.layers,
-            image_size=args.image_size,
-            coreset_ratio=args.coreset,
-            position_weight=args.position_weight,
-            layer_weights=tuple(args.layer_weights) if args.layer_weights else None,
-            holdout=args.holdout,
-            target_fpr=args.target_fpr,
-            roi=tuple(args.roi) if args.roi else None,
-            seed=args.seed,
-            progress=True,
+    if args.detector != "destseg" and (
+        args.student_steps or args.segmentation_steps or args.textures or args.device != "auto"
+    ):
+        print(
+            "linewatch train: error: --device, --*-steps and --textures are DeSTSeg settings", file=sys.stderr
         )
+        return 2
+    destseg = DestsegParams()
+    if args.student_steps is not None:
+        destseg = replace(destseg, student_steps=args.student_steps)
+    if args.segmentation_steps is not None:
+        destseg = replace(destseg, segmentation_steps=args.segmentation_steps)
+    config = TrainConfig(
+        data_root=args.data,
+        category=args.category,
+        out_dir=args.out,
+        detector=args.detector,
+        backbone=args.backbone,
+        weights=args.weights,
+        activation=args.activation,
+        layers=args.layers,
+        image_size=args.image_size,
+        coreset_ratio=args.coreset,
+        position_weight=args.position_weight,
+        layer_weights=tuple(args.layer_weights) if args.layer_weights else None,
+        holdout=args.holdout,
+        target_fpr=args.target_fpr,
+        roi=tuple(args.roi) if args.roi else None,
+        seed=args.seed,
+        progress=True,
+        destseg=destseg,
+        synthesis=SynthesisSettings(foreground=args.foreground),
+        textures=args.textures,
+        device=args.device,
     )
+    try:
+        card = train(config)
+    except TrainingDiverged as err:
+        print(f"linewatch train: error: {err}", file=sys.stderr)
+        return 1
+    except ValueError as err:  # a setting that does not fit this detector, backbone or device
+        print(f"linewatch train: error: {err}", file=sys.stderr)
+        return 2
+    _print_card(card, args)
+    return 0
+
+
+def _print_card(card: ModelCard, args: argparse.Namespace) -> None:
     info = card.training
     print(f"model {card.name} {card.version} written to {args.out}")
     print(
@@ -138,11 +223,19 @@ def run_train(args: argparse.Namespace) -> int:
             f"  position statistics on {info.position_images} good images"
             " (the held-out ones added once calibrated)"
         )
+    if info.destseg is not None:
+        for stage in ("student", "segmentation"):
+            result = info.destseg[stage]
+            early = ", stopped early" if result["stopped_early"] else ""
+            print(
+                f"  DeSTSeg {stage}: {result['steps']} steps in {result['seconds']:.0f} s on"
+                f" {info.destseg['device']}, best at step {result['best_step']}"
+                f" (validation {result['best_metric']}{early})"
+            )
     cal = card.image_calibration
     print(f"  image threshold {cal.threshold:.4f} ({cal.method}, target FPR {cal.target_fpr:.1%})")
     for skipped in info.skipped:
         print(f"  skipped {skipped['path']}: {skipped['reason']}")
-    return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -237,3 +330,34 @@ def run_predict(args: argparse.Namespace) -> int:
             (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
             print(json.dumps(result))
     return 1 if failures else 0
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from services.vision.synthesis import SynthesisSettings
+    from services.vision.synthetic_set import write_synthetic_set
+
+    settings = SynthesisSettings(method=args.method, sources=tuple(args.sources), foreground=args.foreground)
+    report = write_synthetic_set(
+        args.data,
+        args.category,
+        args.out,
+        args.n,
+        settings,
+        split=args.split,
+        seed=args.seed,
+        textures_dir=args.textures,
+        size=args.size,
+        copy_goods=not args.no_goods,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"wrote {report.written} synthetic images and their masks to {report.out_dir}"
+        f" ({report.goods_copied} good images copied beside them)"
+    )
+    for skipped in report.skipped:
+        print(f"  skipped {skipped.path}: {skipped.reason}")
+    print(
+        "  evaluate a model on it: linewatch evaluate --model DIR"
+        f" --data {args.out} --category {args.category}"
+    )
+    return 0

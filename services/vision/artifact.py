@@ -27,13 +27,14 @@ from torch import nn
 from services.vision.backbone import untrained_feature_extractor
 from services.vision.calibration import Calibration
 from services.vision.defects import DefectRules
+from services.vision.destseg import DestsegModel, DestsegParams, build_destseg
 from services.vision.patchcore import PatchCoreModel, PatchCoreParams
 from services.vision.spade import SpadeModel, SpadeParams
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 CARD_FILE = "card.json"
-DetectorKind = Literal["patchcore", "spade"]
+DetectorKind = Literal["patchcore", "spade", "destseg"]
 SAFETENSORS_DTYPES = {
     torch.float64: "F64",
     torch.float32: "F32",
@@ -70,6 +71,8 @@ class TrainingInfo(BaseModel):
     # good images the per-position Gaussians were estimated on: the fitted ones and, after the
     # calibration, the held-out ones (None: no position statistics, or a card from before this)
     position_images: int | None = None
+    # DeSTSeg: both stages' steps, losses, validation and early stopping, the device trained on
+    destseg: dict[str, Any] | None = None
 
 
 class ModelCard(BaseModel):
@@ -115,10 +118,13 @@ def file_sha256(path: Path) -> str:
 
 
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    if not isinstance(model, PatchCoreModel | SpadeModel):
+    if not isinstance(model, PatchCoreModel | SpadeModel | DestsegModel):
         raise TypeError(f"cannot save a {type(model).__name__}")
     tensors = {f"backbone.{k}": v for k, v in model.extractor.body.state_dict().items()}
-    if isinstance(model, PatchCoreModel):
+    if isinstance(model, DestsegModel):
+        tensors.update({f"student.{k}": v for k, v in model.student.state_dict().items()})
+        tensors.update({f"segmenter.{k}": v for k, v in model.segmenter.state_dict().items()})
+    elif isinstance(model, PatchCoreModel):
         tensors["memory_bank"] = model.memory_bank
         if model.projection.numel():
             tensors["projection"] = model.projection
@@ -255,6 +261,20 @@ def load_artifact(model_dir: Path) -> tuple[nn.Module, ModelCard]:
             tensors.get("position_precision"),
             tensors.get("score_norm"),
         )
+    elif card.kind == "destseg":
+        destseg_params = dict(card.params)
+        for key in ("teacher_channels", "teacher_strides"):
+            destseg_params[key] = tuple(destseg_params[key])
+        destseg = build_destseg(extractor, card.image_size, DestsegParams(**destseg_params))
+        for part in ("student", "segmenter"):
+            state = {k.removeprefix(f"{part}."): v for k, v in tensors.items() if k.startswith(f"{part}.")}
+            try:
+                getattr(destseg, part).load_state_dict(state, strict=True)
+            except RuntimeError as err:
+                raise ArtifactError(
+                    f"DeSTSeg {part} weights in {weights_path} do not fit its card: {err}"
+                ) from err
+        model = destseg
     else:
         spade_params = dict(card.params)
         if spade_params.get("layer_weights") is not None:
@@ -266,7 +286,7 @@ def load_artifact(model_dir: Path) -> tuple[nn.Module, ModelCard]:
     return model.eval(), card
 
 
-def params_dict(params: PatchCoreParams | SpadeParams) -> dict[str, Any]:
+def params_dict(params: PatchCoreParams | SpadeParams | DestsegParams) -> dict[str, Any]:
     return asdict(params)
 
 

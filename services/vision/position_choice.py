@@ -4,7 +4,7 @@ The blend ``(1-W)·patch + W·position`` and the image score's top share trade s
 each other, and the best values depend on the part: tiles that fill the frame gain from per-position
 Gaussians, parts that move in the frame less. A plant has only good images, so the choice is made on
 the held-out good images and copies of them with synthetic defects painted on
-(:mod:`services.vision.synthetic_defects`): every weight in ``WEIGHTS`` and share in ``TOP_SHARES``
+(:mod:`services.vision.synthesis`): every weight in ``WEIGHTS`` and share in ``TOP_SHARES``
 is scored by the mean of image AUROC, pixel AUROC and PRO on that set, and the best pair is kept
 (ties: the smaller weight). Both distances are computed once per image; each candidate only
 re-blends them.
@@ -27,7 +27,7 @@ from services.vision.maps import patch_scores_to_map
 from services.vision.memory import release_free_memory
 from services.vision.metrics import auroc, pixel_auroc_and_pro
 from services.vision.patchcore import PatchCoreModel, blend_scores, top_share_means
-from services.vision.synthetic_defects import paint_defect
+from services.vision.synthesis import paint_defect
 
 WEIGHTS: Final = tuple(round(0.1 * i, 1) for i in range(11))
 TOP_SHARES: Final = (0.005, 0.01, 0.02, 0.05)

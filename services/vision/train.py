@@ -1,10 +1,12 @@
 """Training a detector on good images: split, fit, calibrate on the held-out part, add that part to the
-per-position statistics (where the model has them), save the artifact."""
+per-position statistics (where the model has them), save the artifact. DeSTSeg also draws synthetic
+defects on the good images (:mod:`services.vision.synthesis`) and validates on the held-out part."""
 
 from __future__ import annotations
 
 import hashlib
 import random
+import shutil
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
@@ -29,11 +31,13 @@ from services.vision.dataset import (
     resize_for_model,
 )
 from services.vision.defects import DefectRules
+from services.vision.destseg import DESTSEG_LAYERS, DestsegParams, fit_destseg
 from services.vision.images import ImageError, load_image
 from services.vision.memory import release_free_memory
 from services.vision.patchcore import PatchCoreModel, PatchCoreParams, PositionStatistics, fit_patchcore
 from services.vision.position_choice import choose_blend
 from services.vision.spade import SpadeParams, fit_spade
+from services.vision.synthesis import Synthesiser, SynthesisSettings, foreground_mask, load_textures
 
 MIN_TRAIN_IMAGES = 8
 AUTO_FIT_WEIGHT = 0.5  # position weight the model is fitted with before ``auto`` chooses the real one
@@ -69,6 +73,12 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     defect_rules: DefectRules = field(default_factory=DefectRules)
+    # DeSTSeg: its training settings, the synthetic defects it learns from, a texture folder, and
+    # where it trains ("auto": a CUDA GPU when there is one)
+    destseg: DestsegParams = field(default_factory=DestsegParams)
+    synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
+    textures: Path | None = None
+    device: str = "auto"
 
 
 def training_fingerprint(paths: list[Path]) -> str:
@@ -160,6 +170,55 @@ def choose_position_weight(model: PatchCoreModel, held: HeldOutScores, config: T
     return asdict(choice)
 
 
+def load_goods(
+    paths: list[Path], config: TrainConfig, skipped: list[SkippedFile]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Good images at the model's input size as uint8 (N, 3, S, S) and their foregrounds (N, S, S),
+    for training on synthetic defects; unreadable files are appended to ``skipped``."""
+    images, foregrounds = [], []
+    for path in tqdm(paths, desc="loading goods", unit="image", disable=not config.progress):
+        try:
+            image = resize_for_model(load_image(path), config.image_size, config.roi)
+        except ImageError as err:
+            skipped.append(SkippedFile(str(path), err.reason))
+            continue
+        images.append(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))
+        foregrounds.append(torch.from_numpy(foreground_mask(image, config.synthesis.foreground)))
+    if not images:
+        raise DatasetError("no training image could be decoded")
+    return torch.stack(images), torch.stack(foregrounds)
+
+
+def train_destseg(
+    config: TrainConfig,
+    extractor: torch.nn.Module,
+    fit_paths: list[Path],
+    holdout_paths: list[Path],
+    skipped: list[SkippedFile],
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Fit DeSTSeg on the fitted goods, validating on synthetic defects drawn on the held-out ones;
+    its best states are checkpointed under ``OUT/checkpoints`` while it trains."""
+    goods, foregrounds = load_goods(fit_paths, config, skipped)
+    held, held_foregrounds = load_goods(holdout_paths, config, [])  # calibration lists them later
+    textures = load_textures(config.textures, skipped) if config.textures is not None else None
+    synthesiser = Synthesiser(config.synthesis, textures)
+    params = replace(config.destseg, seed=config.seed)
+    model, info = fit_destseg(
+        extractor,  # type: ignore[arg-type]
+        goods,
+        foregrounds,
+        held,
+        held_foregrounds,
+        config.image_size,
+        params,
+        synthesiser,
+        config.device,
+        Path(config.out_dir) / "checkpoints",
+        config.progress,
+    )
+    return model, info.as_dict()
+
+
 def train(config: TrainConfig) -> ModelCard:
     """Fit, calibrate and save a detector; returns its card. Unusable images are skipped and listed."""
     if config.position_weight not in (0, "auto") and config.detector != "patchcore":
@@ -167,12 +226,17 @@ def train(config: TrainConfig) -> ModelCard:
     started = time.perf_counter()
     paths = list_train_images(config.data_root, config.category)
     fit_paths, holdout_paths = split_holdout(paths, config.holdout, config.seed)
-    layers = config.layers or default_layers(config.backbone)
+    if config.detector == "destseg" and not config.layers and config.backbone not in DESTSEG_LAYERS:
+        raise ValueError(f"no DeSTSeg teacher layers known for {config.backbone!r}; pass three with --layers")
+    layers = config.layers or (
+        DESTSEG_LAYERS[config.backbone] if config.detector == "destseg" else default_layers(config.backbone)
+    )
     extractor = build_feature_extractor(config.backbone, layers, config.weights, config.activation)
     skipped: list[SkippedFile] = []
     batches = (batch.images for batch in _batches(fit_paths, config, skipped, "features"))
     model: torch.nn.Module
-    params: PatchCoreParams | SpadeParams
+    params: PatchCoreParams | SpadeParams | DestsegParams
+    destseg_info: dict[str, Any] | None = None
     auto = config.position_weight == "auto" and config.detector == "patchcore"  # SPADE has no positions
     position_choice: dict[str, Any] | None = None
     held: HeldOutScores | None = None  # the held-out images' distances, where the model has positions
@@ -210,8 +274,11 @@ def train(config: TrainConfig) -> ModelCard:
     elif config.detector == "spade":
         params = SpadeParams(seed=config.seed)
         model = fit_spade(extractor, batches, len(fit_paths), config.image_size, params)
+    elif config.detector == "destseg":
+        model, destseg_info = train_destseg(config, extractor, fit_paths, holdout_paths, skipped)
+        params = model.params  # type: ignore[assignment]
     else:
-        raise ValueError(f"unknown detector {config.detector!r}; choose patchcore or spade")
+        raise ValueError(f"unknown detector {config.detector!r}; choose patchcore, spade or destseg")
     model.eval()
     release_free_memory()
     image_scores, map_maxima = [], []
@@ -269,7 +336,10 @@ def train(config: TrainConfig) -> ModelCard:
             created_at=created,
             position_choice=position_choice,
             position_images=position_images,
+            destseg=destseg_info,
         ),
     }
     release_free_memory()
-    return save_artifact(model, card_fields, config.out_dir)
+    card = save_artifact(model, card_fields, config.out_dir)
+    shutil.rmtree(Path(config.out_dir) / "checkpoints", ignore_errors=True)  # the artifact holds the best
+    return card

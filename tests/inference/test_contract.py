@@ -2,7 +2,8 @@
 
 Real adapters over a real model trained on the synthetic line: ``local://`` (detector threads),
 ``process://`` (detector worker processes) and ``triton://`` (a real tritonserver on the CPU,
-serving the model exported with ``linewatch triton export``).
+serving the model exported with ``linewatch triton export``). Every detector kind is served alike:
+the DeSTSeg model gets the same answers through each adapter.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from services.steps.detect import Detected, detect_batch
 from services.vision.inspector import Inspector
 
 RECIPE = "housing-A"
+DESTSEG_RECIPE = "housing-D"  # as tests/triton_server.py exports it
 URLS = ["local://?detectors=2&threads=1", "process://?detectors=2&threads=1", "triton", "batched"]
 
 
@@ -132,3 +134,23 @@ def test_a_batch_it_cannot_score_fails_alone(port: InferencePort, frames: list[n
 def test_bad_inference_urls_say_what_is_wrong(url: str, message: str, inspector: Inspector) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         open_inference(url, {RECIPE: inspector})
+
+
+@pytest.mark.parametrize("url", ["local://?detectors=1", "process://?detectors=1&threads=1", "triton"])
+def test_destseg_gets_the_answer_of_scoring_it_in_process(
+    url: str, request: pytest.FixtureRequest, destseg_inspector: Inspector, frames: list[np.ndarray]
+) -> None:
+    assert destseg_inspector.card.kind == "destseg"
+    if url == "triton":
+        url = request.getfixturevalue("triton").grpc_url + "?retries=1"
+    served = InferenceThread(open_inference(url, {DESTSEG_RECIPE: destseg_inspector}, max_batch=4))
+    served.start_in_thread()
+    try:
+        batch = frames[:5]
+        ours = run(served.detect(DESTSEG_RECIPE, batch, sizes(batch)))
+        assert_same(ours, detect_batch(destseg_inspector, batch, sizes(batch)))
+        assert served.models == {
+            DESTSEG_RECIPE: f"{destseg_inspector.card.name} {destseg_inspector.card.version}"
+        }
+    finally:
+        served.close_thread()

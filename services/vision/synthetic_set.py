@@ -1,0 +1,177 @@
+"""``linewatch synth``: an MVTec-layout test set of synthetic defects on a category's good images.
+
+Writes ``OUT/CAT/test/synthetic/NNN.png`` with ``OUT/CAT/ground_truth/synthetic/NNN_mask.png``
+(255 where the defect is), copies the good images it drew on to ``OUT/CAT/test/good/`` (so that
+``linewatch evaluate --data OUT --category CAT`` has both classes), and a ``synthetic.json`` manifest:
+the settings, the seed and, per image, its good source, texture source and mask share. A plant can
+so measure a model's miss rate before its first real defect arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+from tqdm import tqdm
+
+from services.vision.dataset import DatasetError, SkippedFile, _images_in
+from services.vision.images import ImageError, load_image
+from services.vision.synthesis import (
+    SynthesisError,
+    SynthesisSettings,
+    foreground_mask,
+    load_textures,
+    paint_defect,
+    synthesise,
+)
+
+MANIFEST = "synthetic.json"
+WRITTEN_FOLDERS = ("test/synthetic", "ground_truth/synthetic", "test/good")
+
+
+@dataclass
+class SynthReport:
+    out_dir: Path  # OUT/CAT
+    written: int
+    goods_copied: int
+    skipped: list[SkippedFile] = field(default_factory=list)
+    images: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _prepare(out_category: Path, source_category: Path, overwrite: bool) -> None:
+    if out_category.resolve() == source_category.resolve():
+        raise SynthesisError(
+            f"{out_category} is the source data itself; write the synthetic set to another --out"
+        )
+    if out_category.exists() and any(out_category.iterdir()):
+        if not overwrite:
+            raise SynthesisError(
+                f"{out_category} is not empty; pass --overwrite to replace its synthetic set"
+            )
+        for folder in WRITTEN_FOLDERS:
+            shutil.rmtree(out_category / folder, ignore_errors=True)
+        (out_category / MANIFEST).unlink(missing_ok=True)
+
+
+def write_synthetic_set(
+    data_root: Path,
+    category: str,
+    out_root: Path,
+    n: int,
+    settings: SynthesisSettings | None = None,
+    split: str = "test",
+    seed: int = 0,
+    textures_dir: Path | None = None,
+    size: int | None = None,
+    copy_goods: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> SynthReport:
+    """Draw ``n`` synthetic defects on the good images of ``data_root/category/split/good``, in turn
+    (image ``i`` on good ``i mod G``, from the seed ``(seed, i)``), and write the set (see the
+    module's docstring). ``size``: resize each good to ``size`` x ``size`` first (default: as is).
+    Unreadable goods and textures are skipped and listed in the report."""
+    settings = settings or SynthesisSettings()
+    if n < 1:
+        raise SynthesisError(f"--n must be 1 or more, got {n}")
+    source = Path(data_root) / category / split / "good"
+    if not source.is_dir():
+        raise DatasetError(
+            f"no good images folder {source} (expected the MVTec layout ROOT/CAT/{split}/good)"
+        )
+    goods = _images_in(source)
+    if not goods:
+        raise DatasetError(f"no good images in {source}")
+    out_category = Path(out_root) / category
+    _prepare(out_category, Path(data_root) / category, overwrite)
+    skipped: list[SkippedFile] = []
+    textures = load_textures(textures_dir, skipped) if textures_dir is not None else None
+    if textures is not None and "folder" not in settings.sources:
+        settings = SynthesisSettings(**{**asdict(settings), "sources": (*settings.sources, "folder")})
+    image_dir = out_category / "test" / "synthetic"
+    mask_dir = out_category / "ground_truth" / "synthetic"
+    good_dir = out_category / "test" / "good"
+    for folder in (image_dir, mask_dir) + ((good_dir,) if copy_goods else ()):
+        folder.mkdir(parents=True, exist_ok=True)
+    report = SynthReport(out_category, 0, 0, skipped)
+    usable = list(goods)
+    bar = tqdm(total=n, desc="synthetic defects", unit="image", disable=not progress)
+    i = 0
+    while report.written < n and usable:
+        path = usable[i % len(usable)]
+        try:
+            image = load_image(path)
+        except ImageError as err:
+            skipped.append(SkippedFile(str(path), err.reason))
+            usable.remove(path)
+            continue
+        if size is not None:
+            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        index = report.written
+        item_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+        foreground = foreground_mask(image, settings.foreground)
+        if settings.method == "paint":
+            rng = np.random.default_rng(item_seed)
+            donor_path = usable[(i + 1) % len(usable)]
+            donor: npt.NDArray[np.uint8]
+            try:
+                donor = cv2.resize(
+                    load_image(donor_path), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_AREA
+                ).astype(np.uint8)
+            except ImageError:
+                donor = np.roll(image, (image.shape[0] // 3, image.shape[1] // 3), axis=(0, 1))
+            painted = paint_defect(image, donor, rng, foreground=foreground, kinds=settings.paint_kinds)
+            out, mask, kind = painted.image, painted.mask, painted.kind
+        else:
+            out, mask, kind = synthesise(image, item_seed, settings, textures, foreground)
+        name = f"{index:03d}"
+        _write_png(image_dir / f"{name}.png", out)
+        cv2.imwrite(str(mask_dir / f"{name}_mask.png"), mask.astype(np.uint8) * 255)
+        report.images.append(
+            {
+                "image": f"test/synthetic/{name}.png",
+                "good": str(path),
+                "source": kind,
+                "mask_share": round(float(mask.mean()), 5),
+            }
+        )
+        report.written += 1
+        bar.update()
+        i += 1
+    bar.close()
+    if report.written < n:
+        raise DatasetError(f"no good image in {source} could be read")
+    if copy_goods:
+        for path in goods:
+            if str(path) in {s.path for s in skipped}:
+                continue
+            target = good_dir / path.name
+            if size is None:
+                shutil.copy2(path, target)
+            else:
+                image = cv2.resize(load_image(path), (size, size), interpolation=cv2.INTER_AREA)
+                _write_png(target.with_suffix(".png"), image)
+            report.goods_copied += 1
+    manifest = {
+        "source": str(source),
+        "method": settings.method,
+        "settings": asdict(settings),
+        "seed": seed,
+        "size": size,
+        "textures": str(textures_dir) if textures_dir is not None else None,
+        "images": report.images,
+        "skipped": [asdict(s) for s in skipped],
+    }
+    (out_category / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return report
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {path}")
