@@ -233,7 +233,11 @@ def procedural_texture(height: int, width: int, generator: torch.Generator) -> t
     """A coloured fractal-noise texture (3, H, W) in [0, 1]: three noise fields mixed into colours,
     then a random contrast and level per channel."""
     cells = 2 ** int(torch.randint(1, 6, (1,), generator=generator).item())
-    noise = value_noise(3, height, width, cells, 3, generator)
+    # drawn at half the size and upsampled: the finest octave is still 2 pixels a cell or more
+    small_h, small_w = max(8, height // 2), max(8, width // 2)
+    noise = value_noise(3, small_h, small_w, cells, 3, generator)
+    if (small_h, small_w) != (height, width):
+        noise = F.interpolate(noise[None], size=(height, width), mode="bilinear", align_corners=False)[0]
     mix = torch.rand(3, 3, generator=generator)
     noise = torch.einsum("ij,jhw->ihw", mix / mix.sum(dim=1, keepdim=True), noise)
     contrast = 0.15 + 0.35 * torch.rand(3, 1, 1, generator=generator)
@@ -485,7 +489,7 @@ def _blotch(
     gain = rng.choice([rng.uniform(0.35, 0.7), rng.uniform(1.4, 1.9)])
     out = image.astype(np.float32)
     out *= (1 + (gain - 1) * weight)[..., None]
-    return out, weight >= 0.5
+    return out, weight > 0  # the soft rim is part of the defect: every changed pixel is in the mask
 
 
 _PAINTERS: Final = {"patch": _patch, "stroke": _stroke, "blotch": _blotch}

@@ -23,6 +23,12 @@ def line_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def read(path: Path, flag: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    image = cv2.imread(str(path), flag)
+    assert image is not None, f"cannot read {path}"
+    return np.asarray(image)
+
+
 def synth(data: Path, out: Path, *extra: str) -> int:
     return main(["synth", "--data", str(data), "--category", "synthetic", "--out", str(out), *extra])
 
@@ -42,11 +48,11 @@ def test_a_synthetic_set_is_read_back_by_evaluate(
     manifest = json.loads((category / "synthetic.json").read_text())
     assert manifest["method"] == method and len(manifest["images"]) == 16
     for entry, mask_path in zip(manifest["images"], masks, strict=True):
-        mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+        mask = read(mask_path, cv2.IMREAD_GRAYSCALE)
         assert set(np.unique(mask)) <= {0, 255} and mask.any()
-        assert entry["mask_share"] == pytest.approx((mask > 0).mean(), abs=1e-4)
-        original = cv2.imread(entry["good"])
-        synthetic = cv2.imread(str(category / entry["image"]))
+        assert entry["mask_share"] == pytest.approx(float(np.mean(mask > 0)), abs=1e-4)
+        original = read(Path(entry["good"]))
+        synthetic = read(category / entry["image"])
         assert np.array_equal(original[mask == 0], synthetic[mask == 0])  # unchanged outside the mask
     report = evaluate(inspector, out, "synthetic", progress=False)
     assert report.n_images == 16 + len(goods)

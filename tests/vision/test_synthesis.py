@@ -42,8 +42,9 @@ def test_each_kind_changes_the_image_where_its_mask_is_and_only_about_there(kind
         assert painted.image.shape == good.shape and painted.image.dtype == np.uint8
         assert painted.mask.shape == (SIZE, SIZE) and painted.mask.mean() >= MIN_MASK_SHARE
         change = np.abs(painted.image.astype(np.int16) - good.astype(np.int16)).max(axis=2)
-        # visible: a patch can be faint when the donor's texture is close to the part's own
-        assert change[painted.mask].mean() > (10 if kind == "patch" else 30)
+        # visible: a patch can be faint when the donor's texture is close to the part's own, and a
+        # blotch's mask takes in its soft rim
+        assert change[painted.mask].mean() > {"patch": 10, "blotch": 15, "stroke": 30}[kind]
         assert change[~painted.mask].max() == 0  # outside the mask the image is untouched
 
 
