@@ -33,7 +33,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--data", type=Path, required=True, help="dataset root (MVTec layout)")
     train.add_argument("--category", required=True)
     train.add_argument("--out", type=Path, required=True, help="model directory to write")
-    train.add_argument("--detector", choices=["patchcore", "spade", "destseg"], default="patchcore")
+    train.add_argument(
+        "--detector", choices=["patchcore", "spade", "destseg", "diffusion"], default="patchcore"
+    )
     train.add_argument("--backbone", default="mobilenet_v2", help="any torchvision classification model")
     train.add_argument("--weights", type=Path, help="local state_dict of the backbone (air-gapped plants)")
     train.add_argument("--activation", choices=sorted(ACTIVATIONS), help="replace every activation function")
@@ -62,7 +64,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--roi", type=int, nargs=4, metavar=("X", "Y", "W", "H"), help="inspect only this box")
     train.add_argument(
-        "--device", default="auto", help="DeSTSeg: cpu, cuda or auto (a CUDA GPU when there is one)"
+        "--device",
+        default="auto",
+        help="DeSTSeg and diffusion: cpu, cuda or auto (a CUDA GPU when there is one)",
+    )
+    train.add_argument(
+        "--autoencoder",
+        type=Path,
+        nargs=2,
+        metavar=("ENCODER", "DECODER"),
+        help="diffusion: the tiny autoencoder's weights (TAESD-style state_dicts) for the latent space",
+    )
+    train.add_argument(
+        "--space",
+        choices=["latent", "pixel"],
+        default="latent",
+        help="diffusion: denoise in the autoencoder's latent space (default) or in pixels at 64 px",
+    )
+    train.add_argument(
+        "--diffusion-steps", type=int, help="diffusion: denoiser training steps (default 2000)"
     )
     train.add_argument("--student-steps", type=int, help="DeSTSeg: stage-1 steps (default 1500)")
     train.add_argument("--segmentation-steps", type=int, help="DeSTSeg: stage-2 steps (default 700)")
@@ -151,17 +171,32 @@ def run_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from services.vision.destseg import DestsegParams, TrainingDiverged
+    from services.vision.diffusion.model import DiffusionParams
     from services.vision.synthesis import SynthesisSettings
     from services.vision.train import TrainConfig, train
 
     _set_threads(args.threads)
-    if args.detector != "destseg" and (
-        args.student_steps or args.segmentation_steps or args.textures or args.device != "auto"
-    ):
+    if args.detector != "destseg" and (args.student_steps or args.segmentation_steps or args.textures):
+        print("linewatch train: error: --*-steps and --textures are DeSTSeg settings", file=sys.stderr)
+        return 2
+    if args.detector != "diffusion" and (args.autoencoder or args.diffusion_steps):
         print(
-            "linewatch train: error: --device, --*-steps and --textures are DeSTSeg settings", file=sys.stderr
+            "linewatch train: error: --autoencoder and --diffusion-steps are diffusion settings",
+            file=sys.stderr,
         )
         return 2
+    if args.detector not in ("destseg", "diffusion") and args.device != "auto":
+        print("linewatch train: error: --device is a DeSTSeg and diffusion setting", file=sys.stderr)
+        return 2
+    if args.detector == "diffusion" and args.space == "latent" and not args.autoencoder:
+        print(
+            "linewatch train: error: the latent space needs --autoencoder ENCODER DECODER (or --space pixel)",
+            file=sys.stderr,
+        )
+        return 2
+    diffusion = DiffusionParams(space=args.space)
+    if args.diffusion_steps is not None:
+        diffusion = replace(diffusion, steps=args.diffusion_steps)
     destseg = DestsegParams()
     if args.student_steps is not None:
         destseg = replace(destseg, student_steps=args.student_steps)
@@ -189,6 +224,8 @@ def run_train(args: argparse.Namespace) -> int:
         synthesis=SynthesisSettings(foreground=args.foreground),
         textures=args.textures,
         device=args.device,
+        diffusion=diffusion,
+        autoencoder=tuple(args.autoencoder) if args.autoencoder else None,
     )
     try:
         card = train(config)
@@ -232,6 +269,13 @@ def _print_card(card: ModelCard, args: argparse.Namespace) -> None:
                 f" {info.destseg['device']}, best at step {result['best_step']}"
                 f" (validation {result['best_metric']}{early})"
             )
+    if info.diffusion is not None:
+        trained = info.diffusion
+        print(
+            f"  diffusion denoiser: {trained['steps']} steps in {trained['seconds']:.0f} s"
+            f" on {trained['device']}, best at step {trained['best_step']}"
+            f" (validation loss {min(trained['validation']):.4f})"
+        )
     cal = card.image_calibration
     print(f"  image threshold {cal.threshold:.4f} ({cal.method}, target FPR {cal.target_fpr:.1%})")
     for skipped in info.skipped:

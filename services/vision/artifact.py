@@ -24,17 +24,18 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load_file
 from torch import nn
 
-from services.vision.backbone import untrained_feature_extractor
+from services.vision.backbone import FeatureExtractor, untrained_feature_extractor
 from services.vision.calibration import Calibration
 from services.vision.defects import DefectRules
 from services.vision.destseg import DestsegModel, DestsegParams, build_destseg
+from services.vision.diffusion.model import DiffusionModel, DiffusionParams
 from services.vision.patchcore import PatchCoreModel, PatchCoreParams
 from services.vision.spade import SpadeModel, SpadeParams
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 CARD_FILE = "card.json"
-DetectorKind = Literal["patchcore", "spade", "destseg"]
+DetectorKind = Literal["patchcore", "spade", "destseg", "diffusion"]
 SAFETENSORS_DTYPES = {
     torch.float64: "F64",
     torch.float32: "F32",
@@ -73,6 +74,8 @@ class TrainingInfo(BaseModel):
     position_images: int | None = None
     # DeSTSeg: both stages' steps, losses, validation and early stopping, the device trained on
     destseg: dict[str, Any] | None = None
+    # diffusion: the denoiser's steps, losses, validation, device and map scales
+    diffusion: dict[str, Any] | None = None
 
 
 class ModelCard(BaseModel):
@@ -118,10 +121,15 @@ def file_sha256(path: Path) -> str:
 
 
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    if not isinstance(model, PatchCoreModel | SpadeModel | DestsegModel):
+    if not isinstance(model, PatchCoreModel | SpadeModel | DestsegModel | DiffusionModel):
         raise TypeError(f"cannot save a {type(model).__name__}")
     tensors = {f"backbone.{k}": v for k, v in model.extractor.body.state_dict().items()}
-    if isinstance(model, DestsegModel):
+    if isinstance(model, DiffusionModel):
+        tensors.update({f"unet.{k}": v for k, v in model.unet.state_dict().items()})
+        if model.autoencoder is not None:
+            tensors.update({f"autoencoder.{k}": v for k, v in model.autoencoder.state_dict().items()})
+        tensors.update(latent_mean=model.latent_mean, latent_std=model.latent_std, map_scale=model.map_scale)
+    elif isinstance(model, DestsegModel):
         tensors.update({f"student.{k}": v for k, v in model.student.state_dict().items()})
         tensors.update({f"segmenter.{k}": v for k, v in model.segmenter.state_dict().items()})
     elif isinstance(model, PatchCoreModel):
@@ -261,6 +269,8 @@ def load_artifact(model_dir: Path) -> tuple[nn.Module, ModelCard]:
             tensors.get("position_precision"),
             tensors.get("score_norm"),
         )
+    elif card.kind == "diffusion":
+        model = _load_diffusion(card, extractor, tensors, weights_path)
     elif card.kind == "destseg":
         destseg_params = dict(card.params)
         for key in ("teacher_channels", "teacher_strides"):
@@ -286,7 +296,45 @@ def load_artifact(model_dir: Path) -> tuple[nn.Module, ModelCard]:
     return model.eval(), card
 
 
-def params_dict(params: PatchCoreParams | SpadeParams | DestsegParams) -> dict[str, Any]:
+def _load_diffusion(
+    card: ModelCard, extractor: FeatureExtractor, tensors: dict[str, torch.Tensor], weights_path: Path
+) -> nn.Module:
+    from services.vision.diffusion.autoencoder import AutoencoderError, TinyAutoencoder
+    from services.vision.diffusion.model import DiffusionModel, build_unet, params_from_card
+
+    params = params_from_card(card.params)
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+    autoencoder = None
+    if params.space == "latent":
+        try:
+            autoencoder = TinyAutoencoder.from_state_dicts(
+                part("autoencoder.encoder."), part("autoencoder.decoder.")
+            )
+        except (AutoencoderError, KeyError) as err:
+            raise ArtifactError(f"the autoencoder in {weights_path} cannot be rebuilt: {err}") from err
+    unet = build_unet(params, 0, 0)
+    try:
+        unet.load_state_dict(part("unet."), strict=True)
+    except RuntimeError as err:
+        raise ArtifactError(
+            f"the denoiser's weights in {weights_path} do not fit its card: {str(err)[:300]}"
+        ) from err
+    return DiffusionModel(
+        extractor,
+        unet,
+        autoencoder,
+        card.image_size,
+        params,
+        tensors["latent_mean"],
+        tensors["latent_std"],
+        tensors["map_scale"],
+    )
+
+
+def params_dict(params: PatchCoreParams | SpadeParams | DestsegParams | DiffusionParams) -> dict[str, Any]:
     return asdict(params)
 
 

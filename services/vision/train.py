@@ -32,6 +32,7 @@ from services.vision.dataset import (
 )
 from services.vision.defects import DefectRules
 from services.vision.destseg import DESTSEG_LAYERS, DestsegParams, fit_destseg
+from services.vision.diffusion.model import DiffusionParams
 from services.vision.images import ImageError, load_image
 from services.vision.memory import release_free_memory
 from services.vision.patchcore import PatchCoreModel, PatchCoreParams, PositionStatistics, fit_patchcore
@@ -79,6 +80,10 @@ class TrainConfig:
     synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
     textures: Path | None = None
     device: str = "auto"
+    # diffusion: the denoiser's settings and the tiny autoencoder's weights (encoder, decoder) for
+    # the latent space
+    diffusion: DiffusionParams = field(default_factory=DiffusionParams)
+    autoencoder: tuple[Path, Path] | None = None
 
 
 def training_fingerprint(paths: list[Path]) -> str:
@@ -219,6 +224,35 @@ def train_destseg(
     return model, info.as_dict()
 
 
+def train_diffusion(
+    config: TrainConfig,
+    extractor: torch.nn.Module,
+    fit_paths: list[Path],
+    holdout_paths: list[Path],
+    skipped: list[SkippedFile],
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Fit the diffusion detector's denoiser on the fitted goods and its map scales on the held-out
+    ones; its best weights are checkpointed under ``OUT/checkpoints`` while it trains."""
+    from services.vision.diffusion.autoencoder import TinyAutoencoder
+    from services.vision.diffusion.train import fit_diffusion
+
+    autoencoder = TinyAutoencoder.load(*config.autoencoder) if config.autoencoder is not None else None
+    goods, _ = load_goods(fit_paths, config, skipped)
+    held, _ = load_goods(holdout_paths, config, [])  # calibration lists them later
+    model, info = fit_diffusion(
+        extractor,  # type: ignore[arg-type]
+        goods,
+        held,
+        config.image_size,
+        replace(config.diffusion, seed=config.seed),
+        autoencoder,
+        config.device,
+        Path(config.out_dir) / "checkpoints",
+        config.progress,
+    )
+    return model, info.as_dict()
+
+
 def train(config: TrainConfig) -> ModelCard:
     """Fit, calibrate and save a detector; returns its card. Unusable images are skipped and listed."""
     if config.position_weight not in (0, "auto") and config.detector != "patchcore":
@@ -226,17 +260,24 @@ def train(config: TrainConfig) -> ModelCard:
     started = time.perf_counter()
     paths = list_train_images(config.data_root, config.category)
     fit_paths, holdout_paths = split_holdout(paths, config.holdout, config.seed)
-    if config.detector == "destseg" and not config.layers and config.backbone not in DESTSEG_LAYERS:
+    if (
+        config.detector in ("destseg", "diffusion")
+        and not config.layers
+        and config.backbone not in DESTSEG_LAYERS
+    ):
         raise ValueError(f"no DeSTSeg teacher layers known for {config.backbone!r}; pass three with --layers")
     layers = config.layers or (
-        DESTSEG_LAYERS[config.backbone] if config.detector == "destseg" else default_layers(config.backbone)
+        DESTSEG_LAYERS[config.backbone]
+        if config.detector in ("destseg", "diffusion")
+        else default_layers(config.backbone)
     )
     extractor = build_feature_extractor(config.backbone, layers, config.weights, config.activation)
     skipped: list[SkippedFile] = []
     batches = (batch.images for batch in _batches(fit_paths, config, skipped, "features"))
     model: torch.nn.Module
-    params: PatchCoreParams | SpadeParams | DestsegParams
+    params: PatchCoreParams | SpadeParams | DestsegParams | DiffusionParams
     destseg_info: dict[str, Any] | None = None
+    diffusion_info: dict[str, Any] | None = None
     auto = config.position_weight == "auto" and config.detector == "patchcore"  # SPADE has no positions
     position_choice: dict[str, Any] | None = None
     held: HeldOutScores | None = None  # the held-out images' distances, where the model has positions
@@ -277,8 +318,13 @@ def train(config: TrainConfig) -> ModelCard:
     elif config.detector == "destseg":
         model, destseg_info = train_destseg(config, extractor, fit_paths, holdout_paths, skipped)
         params = model.params  # type: ignore[assignment]
+    elif config.detector == "diffusion":
+        model, diffusion_info = train_diffusion(config, extractor, fit_paths, holdout_paths, skipped)
+        params = model.params  # type: ignore[assignment]
     else:
-        raise ValueError(f"unknown detector {config.detector!r}; choose patchcore, spade or destseg")
+        raise ValueError(
+            f"unknown detector {config.detector!r}; choose patchcore, spade, destseg or diffusion"
+        )
     model.eval()
     release_free_memory()
     image_scores, map_maxima = [], []
@@ -337,6 +383,7 @@ def train(config: TrainConfig) -> ModelCard:
             position_choice=position_choice,
             position_images=position_images,
             destseg=destseg_info,
+            diffusion=diffusion_info,
         ),
     }
     release_free_memory()

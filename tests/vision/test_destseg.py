@@ -165,7 +165,7 @@ def test_train_destseg_from_the_command_line_lists_unusable_images(
     card = read_card(out)
     assert card.kind == "destseg" and [Path(s["path"]).name for s in card.training.skipped] == ["999.png"]
     assert main(["train", *common, "--out", str(tmp_path / "pc"), "--student-steps", "4"]) == 2
-    assert "DeSTSeg settings" in capsys.readouterr().err
+    assert "are DeSTSeg settings" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main([*args[:-2], "--device", "cuda", "--student-steps", "1"]) == 2
         assert "no CUDA GPU" in capsys.readouterr().err

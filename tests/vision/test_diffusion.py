@@ -1,0 +1,169 @@
+"""The diffusion detector (services/vision/diffusion/): scheduler maths against closed forms and
+diffusers' own DDIM step, the tiny pretrained autoencoder (TAEF2) round trip, a tiny denoiser that
+trains on the CPU with a falling loss, guided reconstruction that keeps a good part and removes a
+painted defect, and the artifact round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from services.vision.artifact import load_artifact, read_card, save_artifact
+from services.vision.backbone import FeatureExtractor, build_feature_extractor
+from services.vision.destseg import DESTSEG_LAYERS
+from services.vision.diffusion.autoencoder import AutoencoderError, TinyAutoencoder
+from services.vision.diffusion.model import (
+    DiffusionModel,
+    DiffusionParams,
+    add_noise,
+    ddim_step,
+    params_for_card,
+    scheduler_alphas,
+)
+from services.vision.diffusion.train import DiffusionTraining, fit_diffusion
+from services.vision.images import load_image
+from services.vision.synthesis import paint_defect
+from services.vision.train import TrainConfig, load_goods
+from tests.conftest import SHARED
+
+SIZE = 64
+TAEF2 = (SHARED / "weights" / "taef2_encoder.pth", SHARED / "weights" / "taef2_decoder.pth")
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_noising_and_one_ddim_step_match_their_closed_forms(schedule: str) -> None:
+    from diffusers import DDIMScheduler
+
+    params = DiffusionParams(schedule=schedule)  # type: ignore[arg-type]
+    alphas = scheduler_alphas(params)
+    assert alphas.shape == (1000,) and bool((alphas[1:] < alphas[:-1]).all())  # less signal each step
+    generator = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 4, 8, 8, generator=generator)
+    t = torch.tensor([10, 700])
+    noised = add_noise(x0, eps, t, alphas)
+    for i, step in enumerate(t.tolist()):
+        abar = float(alphas[step])
+        torch.testing.assert_close(
+            noised[i], abar**0.5 * x0[i] + (1 - abar) ** 0.5 * eps[i], rtol=1e-5, atol=1e-6
+        )
+    # with the true noise, one step to the clean sample gives x0 back exactly
+    back, predicted = ddim_step(noised[1:], eps[1:], 700, -1, alphas)
+    torch.testing.assert_close(back, x0[1:], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(predicted, x0[1:], rtol=1e-4, atol=1e-4)
+    # and an intermediate step is diffusers' own DDIM step (eta 0)
+    reference = DDIMScheduler(
+        num_train_timesteps=1000, beta_schedule={"linear": "linear", "cosine": "squaredcos_cap_v2"}[schedule],
+        clip_sample=False, set_alpha_to_one=True,
+    )  # fmt: skip
+    reference.set_timesteps(10)  # type: ignore[attr-defined]
+    ours, _ = ddim_step(noised[1:], eps[1:], 700, 600, alphas)
+    theirs = reference.step(eps[1:], 700, noised[1:], eta=0.0).prev_sample  # type: ignore[attr-defined]
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_the_tiny_pretrained_autoencoder_round_trips_a_real_image(bottle_root: Path) -> None:
+    if not TAEF2[0].is_file():
+        pytest.skip("shared TAEF2 weights not found")
+    autoencoder = TinyAutoencoder.load(*TAEF2)
+    assert autoencoder.latent_channels == 32
+    image = load_image(bottle_root / "bottle" / "train" / "good" / "000.png")
+    pixels = torch.from_numpy(np.ascontiguousarray(image[:256, :256].transpose(2, 0, 1))).float()[None] / 255
+    with torch.inference_mode():
+        latents = autoencoder.encode(pixels)
+        back = autoencoder.decode(latents)
+    assert latents.shape == (1, 32, 32, 32)
+    psnr = 10 * np.log10(1 / float(((back - pixels) ** 2).mean()))
+    assert psnr > 30
+    with pytest.raises(AutoencoderError, match="multiples of 8"):
+        autoencoder.encode(pixels[..., :250])
+
+
+def test_weights_that_are_no_autoencoder_are_refused(tmp_path: Path) -> None:
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "enc.pth")
+    with pytest.raises(AutoencoderError, match="not a TAESD-style encoder"):
+        TinyAutoencoder.load(tmp_path / "enc.pth", tmp_path / "enc.pth")
+    with pytest.raises(AutoencoderError, match="do not exist"):
+        TinyAutoencoder.load(tmp_path / "none.pth", tmp_path / "enc.pth")
+
+
+@pytest.fixture(scope="module")
+def extractor(mobilenet_weights: Path) -> FeatureExtractor:
+    return build_feature_extractor("mobilenet_v2", DESTSEG_LAYERS["mobilenet_v2"], mobilenet_weights, "relu")
+
+
+@pytest.fixture(scope="module")
+def goods(synthetic_data: Path) -> torch.Tensor:
+    paths = sorted((synthetic_data / "synthetic" / "train" / "good").iterdir())
+    config = TrainConfig(synthetic_data, "synthetic", Path("unused"), image_size=SIZE, progress=False)
+    return load_goods(paths, config, [])[0]
+
+
+@pytest.fixture(scope="module")
+def trained(extractor: FeatureExtractor, goods: torch.Tensor) -> tuple[DiffusionModel, DiffusionTraining]:
+    params = DiffusionParams(
+        space="pixel", pixel_size=32, channels=(32, 64), steps=150, batch_size=8, lr=3e-3, eval_every=50,
+        ema_decay=0.95,
+    )  # fmt: skip
+    return fit_diffusion(extractor, goods[:32], goods[32:], SIZE, params, None, device="cpu", progress=False)
+
+
+def test_a_tiny_denoiser_trains_on_the_cpu_and_its_loss_falls(
+    trained: tuple[DiffusionModel, DiffusionTraining],
+) -> None:
+    model, info = trained
+    assert info.steps == 150 and info.device == "cpu" and len(info.validation) == 3
+    assert info.losses[-1] < 0.6 * info.losses[0]
+    assert info.validation[-1] < info.validation[0]
+    assert all(v > 0 for v in info.map_scale)
+    assert not model.training and model.params.unet_config["in_channels"] == 3
+
+
+def test_a_good_part_reconstructs_closer_than_one_with_a_defect(
+    trained: tuple[DiffusionModel, DiffusionTraining], goods: torch.Tensor
+) -> None:
+    model, _ = trained
+    rng = np.random.default_rng(0)
+    clean, defected, masks = [], [], []
+    for i in range(32, 40):
+        image = goods[i].permute(1, 2, 0).numpy()
+        painted = paint_defect(image, goods[i - 1].permute(1, 2, 0).numpy(), rng, "patch")
+        clean.append(goods[i])
+        defected.append(torch.from_numpy(painted.image).permute(2, 0, 1))
+        masks.append(torch.from_numpy(painted.mask))
+    with torch.inference_mode():
+        errors = []
+        for batch in (torch.stack(clean), torch.stack(defected)):
+            pixels = batch.float() / 255
+            errors.append((model.reconstruct(pixels) - pixels).abs().mean(dim=1))
+    mask = torch.stack(masks)
+    inside_defect = errors[1][mask].mean()
+    same_place_clean = errors[0][mask].mean()
+    assert inside_defect > 1.5 * same_place_clean  # the defect is not redrawn, the good part is
+
+
+def test_the_artifact_round_trip_gives_identical_scores(
+    trained: tuple[DiffusionModel, DiffusionTraining],
+    goods: torch.Tensor,
+    destseg_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    model, info = trained
+    card = read_card(destseg_model_dir)  # a real card to borrow the common fields from
+    fields = card.model_dump(exclude={"format_version", "versions", "tensors", "weights_sha256"})
+    fields.update(kind="diffusion", image_size=SIZE, params=params_for_card(model.params))
+    fields["training"]["destseg"], fields["training"]["diffusion"] = None, info.as_dict()
+    save_artifact(model, fields, tmp_path / "model")
+    loaded, loaded_card = load_artifact(tmp_path / "model")
+    assert isinstance(loaded, DiffusionModel) and loaded_card.kind == "diffusion"
+    images = (goods[:3].float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    ).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        expected, got = model(images), loaded(images)
+        alone = loaded(images[1:2])  # a frame's score does not depend on its batch
+    for a, b in zip(expected, got, strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(alone[0], got[0][1:2], rtol=1e-4, atol=1e-5)
