@@ -1,6 +1,7 @@
 """Shared test fixtures: where the real data and weights live (../shared beside the checkout), and
-detectors trained once per session on the synthetic line (PatchCore, and a DeSTSeg trained for a few
-steps: enough to check that every runtime serves it alike, not to detect anything)."""
+detectors trained once per session on the synthetic line (PatchCore, a DeSTSeg trained for a few
+steps: enough to check that every runtime serves it alike, not to detect anything, and an ensemble
+of a PatchCore with that DeSTSeg behind a cascade)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,35 @@ def destseg_model_dir(
         )
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def ensemble_model_dir(
+    tmp_path_factory: pytest.TempPathFactory, synthetic_data: Path, destseg_model_dir: Path
+) -> Path:
+    """PatchCore (trained here, at DeSTSeg's 128 px) and the session's DeSTSeg (copied in); half
+    of the good frames go past the pre-screen."""
+    out = tmp_path_factory.mktemp("ensemble-model")
+    train(
+        TrainConfig(
+            data_root=synthetic_data,
+            category="synthetic",
+            out_dir=out,
+            detector="ensemble",
+            weights=MOBILENET_WEIGHTS,
+            activation="relu",
+            image_size=128,
+            members=("patchcore", str(destseg_model_dir)),
+            pass_share=0.5,
+            progress=False,
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def ensemble_inspector(ensemble_model_dir: Path) -> Inspector:
+    return Inspector.load(ensemble_model_dir)
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,38 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--category", required=True)
     train.add_argument("--out", type=Path, required=True, help="model directory to write")
     train.add_argument(
-        "--detector", choices=["patchcore", "spade", "destseg", "diffusion"], default="patchcore"
+        "--detector", choices=["patchcore", "spade", "destseg", "diffusion", "ensemble"], default="patchcore"
+    )
+    train.add_argument(
+        "--members",
+        nargs="+",
+        metavar="MEMBER",
+        help="ensemble: trained model folders, or detector names to train now (e.g. patchcore destseg);"
+        " the first is the pre-screen",
+    )
+    train.add_argument(
+        "--map-weights",
+        type=float,
+        nargs="+",
+        help="ensemble: each member's weight in the map (default equal)",
+    )
+    train.add_argument(
+        "--image-weights",
+        type=float,
+        nargs="+",
+        help="ensemble: each member's weight in the image score (default: the first member's alone)",
+    )
+    train.add_argument(
+        "--fusion",
+        choices=["geometric", "mean"],
+        default="geometric",
+        help="ensemble: fuse calibrated log-scores (geometric, default) or normalised scores (mean)",
+    )
+    train.add_argument(
+        "--pass-share",
+        type=float,
+        help="ensemble: share of good frames the first member passes on to the others (the cascade;"
+        " default 1 = every frame)",
     )
     train.add_argument("--backbone", default="mobilenet_v2", help="any torchvision classification model")
     train.add_argument("--weights", type=Path, help="local state_dict of the backbone (air-gapped plants)")
@@ -58,6 +89,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     train.add_argument(
         "--holdout", type=float, default=0.15, help="share of good images held out to calibrate"
+    )
+    train.add_argument(
+        "--holdout-unseen",
+        action="store_true",
+        help="PatchCore: keep the held-out images out of the per-position statistics after calibrating"
+        " (for a model that will join an ensemble, which calibrates on the same images)",
     )
     train.add_argument(
         "--target-fpr", type=float, default=0.01, help="false-alarm rate the threshold aims at"
@@ -176,19 +213,32 @@ def run_train(args: argparse.Namespace) -> int:
     from services.vision.train import TrainConfig, train
 
     _set_threads(args.threads)
-    if args.detector != "destseg" and (args.student_steps or args.segmentation_steps or args.textures):
+    if args.detector not in ("destseg", "ensemble") and (
+        args.student_steps or args.segmentation_steps or args.textures
+    ):
         print("linewatch train: error: --*-steps and --textures are DeSTSeg settings", file=sys.stderr)
         return 2
-    if args.detector != "diffusion" and (args.autoencoder or args.diffusion_steps):
+    if args.detector not in ("diffusion", "ensemble") and (args.autoencoder or args.diffusion_steps):
         print(
             "linewatch train: error: --autoencoder and --diffusion-steps are diffusion settings",
             file=sys.stderr,
         )
         return 2
-    if args.detector not in ("destseg", "diffusion") and args.device != "auto":
+    ensemble_flags = args.members or args.map_weights or args.image_weights or args.pass_share is not None
+    if args.detector != "ensemble" and (ensemble_flags or args.fusion != "geometric"):
+        print(
+            "linewatch train: error: --members, --*-weights, --fusion and --pass-share are ensemble settings",
+            file=sys.stderr,
+        )
+        return 2
+    if args.detector == "ensemble" and not args.members:
+        print("linewatch train: error: an ensemble needs --members (at least two)", file=sys.stderr)
+        return 2
+    if args.detector not in ("destseg", "diffusion", "ensemble") and args.device != "auto":
         print("linewatch train: error: --device is a DeSTSeg and diffusion setting", file=sys.stderr)
         return 2
-    if args.detector == "diffusion" and args.space == "latent" and not args.autoencoder:
+    diffusion_member = args.detector == "diffusion" or "diffusion" in (args.members or [])
+    if diffusion_member and args.space == "latent" and not args.autoencoder:
         print(
             "linewatch train: error: the latent space needs --autoencoder ENCODER DECODER (or --space pixel)",
             file=sys.stderr,
@@ -226,6 +276,12 @@ def run_train(args: argparse.Namespace) -> int:
         device=args.device,
         diffusion=diffusion,
         autoencoder=tuple(args.autoencoder) if args.autoencoder else None,
+        members=tuple(args.members or ()),
+        fold_holdout=not args.holdout_unseen,
+        map_weights=tuple(args.map_weights) if args.map_weights else None,
+        image_weights=tuple(args.image_weights) if args.image_weights else None,
+        fusion=args.fusion,
+        pass_share=args.pass_share if args.pass_share is not None else 1.0,
     )
     try:
         card = train(config)
@@ -256,10 +312,9 @@ def _print_card(card: ModelCard, args: argparse.Namespace) -> None:
             f" chosen on {chosen['n_good']} held-out good images and {chosen['n_painted']} painted copies"
         )
     if info.position_images is not None:
-        print(
-            f"  position statistics on {info.position_images} good images"
-            " (the held-out ones added once calibrated)"
-        )
+        folded = info.position_images > info.n_fit
+        how = "the held-out ones added once calibrated" if folded else "the held-out ones kept unseen"
+        print(f"  position statistics on {info.position_images} good images ({how})")
     if info.destseg is not None:
         for stage in ("student", "segmentation"):
             result = info.destseg[stage]
@@ -275,6 +330,15 @@ def _print_card(card: ModelCard, args: argparse.Namespace) -> None:
             f"  diffusion denoiser: {trained['steps']} steps in {trained['seconds']:.0f} s"
             f" on {trained['device']}, best at step {trained['best_step']}"
             f" (validation loss {min(trained['validation']):.4f})"
+        )
+    if info.ensemble is not None:
+        members = ", ".join(f"{m['name']} ({m['version']})" for m in info.ensemble["members"])
+        print(f"  members: {members}")
+        print(
+            f"  map weights {list(card.params['map_weights'])}, image weights"
+            f" {list(card.params['image_weights'])}, {card.params['fusion']} fusion;"
+            f" {info.ensemble['held_out_passed']} of {info.ensemble['held_out']} held-out good images"
+            f" went past the pre-screen (pass share {card.params['pass_share']:.0%})"
         )
     cal = card.image_calibration
     print(f"  image threshold {cal.threshold:.4f} ({cal.method}, target FPR {cal.target_fpr:.1%})")

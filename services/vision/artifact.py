@@ -29,13 +29,14 @@ from services.vision.calibration import Calibration
 from services.vision.defects import DefectRules
 from services.vision.destseg import DestsegModel, DestsegParams, build_destseg
 from services.vision.diffusion.model import DiffusionModel, DiffusionParams
+from services.vision.ensemble import MEMBERS_DIR, EnsembleModel, EnsembleParams
 from services.vision.patchcore import PatchCoreModel, PatchCoreParams
 from services.vision.spade import SpadeModel, SpadeParams
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 CARD_FILE = "card.json"
-DetectorKind = Literal["patchcore", "spade", "destseg", "diffusion"]
+DetectorKind = Literal["patchcore", "spade", "destseg", "diffusion", "ensemble"]
 SAFETENSORS_DTYPES = {
     torch.float64: "F64",
     torch.float32: "F32",
@@ -76,6 +77,9 @@ class TrainingInfo(BaseModel):
     destseg: dict[str, Any] | None = None
     # diffusion: the denoiser's steps, losses, validation, device and map scales
     diffusion: dict[str, Any] | None = None
+    # ensemble: its members (kind, version, weights' sha256, fit time) and how many held-out good
+    # images went past the pre-screen
+    ensemble: dict[str, Any] | None = None
 
 
 class ModelCard(BaseModel):
@@ -121,6 +125,11 @@ def file_sha256(path: Path) -> str:
 
 
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    if isinstance(model, EnsembleModel):  # the members are artifacts of their own, in members/
+        return {
+            "map_weights": torch.tensor(model.params.map_weights, dtype=torch.float32),
+            "image_weights": torch.tensor(model.params.image_weights, dtype=torch.float32),
+        }
     if not isinstance(model, PatchCoreModel | SpadeModel | DestsegModel | DiffusionModel):
         raise TypeError(f"cannot save a {type(model).__name__}")
     tensors = {f"backbone.{k}": v for k, v in model.extractor.body.state_dict().items()}
@@ -242,6 +251,8 @@ def load_artifact(model_dir: Path) -> tuple[nn.Module, ModelCard]:
     shapes = {k: list(v.shape) for k, v in tensors.items()}
     if shapes != card.tensors:
         raise ArtifactError(f"{weights_path} does not hold the tensors its card lists")
+    if card.kind == "ensemble":
+        return _load_ensemble(card, Path(model_dir)).eval(), card
     extractor = untrained_feature_extractor(card.backbone, card.layers, card.activation)
     backbone_state = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
     try:
@@ -334,7 +345,40 @@ def _load_diffusion(
     )
 
 
-def params_dict(params: PatchCoreParams | SpadeParams | DestsegParams | DiffusionParams) -> dict[str, Any]:
+def _load_ensemble(card: ModelCard, model_dir: Path) -> EnsembleModel:
+    """The members from ``members/``, each checked as an artifact of its own and against the
+    versions and weights the ensemble was calibrated with."""
+    from services.vision.ensemble import params_from_card
+
+    try:
+        params = params_from_card(card.params)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(f"{model_dir / CARD_FILE} has no valid ensemble settings: {err}") from err
+    recorded = {m["name"]: m for m in (card.training.ensemble or {}).get("members", [])}
+    models, calibrations = [], []
+    for name in params.members:
+        member_dir = model_dir / MEMBERS_DIR / name
+        try:
+            model, member_card = load_artifact(member_dir)
+        except ArtifactError as err:
+            raise ArtifactError(f"ensemble member {name}: {err}") from err
+        expected = recorded.get(name, {}).get("weights_sha256")
+        if expected is not None and expected != member_card.weights_sha256:
+            raise ArtifactError(
+                f"ensemble member {member_dir} was replaced after the ensemble was calibrated; rebuild it"
+            )
+        if member_card.image_size != card.image_size:
+            raise ArtifactError(
+                f"ensemble member {name} inspects {member_card.image_size} px, not {card.image_size}"
+            )
+        models.append(model)
+        calibrations.append((member_card.image_calibration, member_card.pixel_calibration))
+    return EnsembleModel(models, calibrations, card.image_size, params)
+
+
+def params_dict(
+    params: PatchCoreParams | SpadeParams | DestsegParams | DiffusionParams | EnsembleParams,
+) -> dict[str, Any]:
     return asdict(params)
 
 

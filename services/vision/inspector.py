@@ -63,7 +63,7 @@ class Inspector:
             with_residuals = getattr(self.model, "score_with_residuals", None)
             if callable(with_residuals):
                 scores, maps, embeddings, grid = with_residuals(batch)
-                residuals = grid.float().numpy()
+                residuals = grid.float().numpy() if grid is not None else None  # an ensemble's may lack them
             else:
                 scores, maps, embeddings = self.model(batch)
         return RawScores(

@@ -84,6 +84,16 @@ class TrainConfig:
     # the latent space
     diffusion: DiffusionParams = field(default_factory=DiffusionParams)
     autoencoder: tuple[Path, Path] | None = None
+    # ensemble: its members (trained model folders, or detector names trained now), how their maps
+    # and image scores are weighted and fused, and the share of good frames the pre-screen passes on
+    members: tuple[str, ...] = ()
+    map_weights: tuple[float, ...] | None = None
+    image_weights: tuple[float, ...] | None = None
+    fusion: str = "geometric"
+    pass_share: float = 1.0
+    # PatchCore: add the held-out images to the per-position statistics once calibrated (False for
+    # an ensemble's member: the ensemble calibrates on the same images and needs them unseen)
+    fold_holdout: bool = True
 
 
 def training_fingerprint(paths: list[Path]) -> str:
@@ -255,6 +265,10 @@ def train_diffusion(
 
 def train(config: TrainConfig) -> ModelCard:
     """Fit, calibrate and save a detector; returns its card. Unusable images are skipped and listed."""
+    if config.detector == "ensemble":
+        from services.vision.ensemble_build import build_ensemble
+
+        return build_ensemble(config)
     if config.position_weight not in (0, "auto") and config.detector != "patchcore":
         raise ValueError(f"the position weight is a PatchCore setting, not one of {config.detector}")
     started = time.perf_counter()
@@ -346,7 +360,9 @@ def train(config: TrainConfig) -> ModelCard:
     image_calibration = fit_threshold(np.concatenate(image_scores), config.target_fpr, config.confidence)
     pixel_calibration = fit_threshold(np.concatenate(map_maxima), config.target_fpr, config.confidence)
     position_images = None
-    if isinstance(model, PatchCoreModel) and model.uses_positions and statistics is not None:
+    if isinstance(model, PatchCoreModel) and model.uses_positions and not config.fold_holdout:
+        position_images = len(fit_paths) - len([s for s in skipped if Path(s.path) in set(fit_paths)])
+    elif isinstance(model, PatchCoreModel) and model.uses_positions and statistics is not None:
         # Calibrated, the held-out images join the Gaussians (as PaDiM fits on every good image).
         # Out-of-sample Mahalanobis distances shrink as the estimate rests on more images, so the
         # thresholds set on the held-out scores of the smaller estimate stay on the safe side.

@@ -3,7 +3,8 @@
 Real adapters over a real model trained on the synthetic line: ``local://`` (detector threads),
 ``process://`` (detector worker processes) and ``triton://`` (a real tritonserver on the CPU,
 serving the model exported with ``linewatch triton export``). Every detector kind is served alike:
-the DeSTSeg model gets the same answers through each adapter.
+the DeSTSeg model and the PatchCore + DeSTSeg ensemble (a cascade: half the frames pass its
+pre-screen) get the same answers through each adapter.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from services.vision.inspector import Inspector
 
 RECIPE = "housing-A"
 DESTSEG_RECIPE = "housing-D"  # as tests/triton_server.py exports it
+ENSEMBLE_RECIPE = "housing-E"
 URLS = ["local://?detectors=2&threads=1", "process://?detectors=2&threads=1", "triton", "batched"]
 
 
@@ -136,21 +138,22 @@ def test_bad_inference_urls_say_what_is_wrong(url: str, message: str, inspector:
         open_inference(url, {RECIPE: inspector})
 
 
+@pytest.mark.parametrize("kind", ["destseg", "ensemble"])
 @pytest.mark.parametrize("url", ["local://?detectors=1", "process://?detectors=1&threads=1", "triton"])
-def test_destseg_gets_the_answer_of_scoring_it_in_process(
-    url: str, request: pytest.FixtureRequest, destseg_inspector: Inspector, frames: list[np.ndarray]
+def test_other_detectors_get_the_answer_of_scoring_them_in_process(
+    url: str, kind: str, request: pytest.FixtureRequest, frames: list[np.ndarray]
 ) -> None:
-    assert destseg_inspector.card.kind == "destseg"
+    recipe = DESTSEG_RECIPE if kind == "destseg" else ENSEMBLE_RECIPE
+    inspector: Inspector = request.getfixturevalue(f"{kind}_inspector")
+    assert inspector.card.kind == kind
     if url == "triton":
         url = request.getfixturevalue("triton").grpc_url + "?retries=1"
-    served = InferenceThread(open_inference(url, {DESTSEG_RECIPE: destseg_inspector}, max_batch=4))
+    served = InferenceThread(open_inference(url, {recipe: inspector}, max_batch=4))
     served.start_in_thread()
     try:
         batch = frames[:5]
-        ours = run(served.detect(DESTSEG_RECIPE, batch, sizes(batch)))
-        assert_same(ours, detect_batch(destseg_inspector, batch, sizes(batch)))
-        assert served.models == {
-            DESTSEG_RECIPE: f"{destseg_inspector.card.name} {destseg_inspector.card.version}"
-        }
+        ours = run(served.detect(recipe, batch, sizes(batch)))
+        assert_same(ours, detect_batch(inspector, batch, sizes(batch)))
+        assert served.models == {recipe: f"{inspector.card.name} {inspector.card.version}"}
     finally:
         served.close_thread()
