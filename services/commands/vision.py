@@ -119,8 +119,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="diffusion: denoise in the autoencoder's latent space (default) or in pixels at 64 px",
     )
     train.add_argument(
-        "--diffusion-steps", type=int, help="diffusion: denoiser training steps (default 2000)"
+        "--diffusion-steps",
+        type=int,
+        help="diffusion: denoiser training steps (default 2000; an adapter's: 300)",
     )
+    train.add_argument(
+        "--base",
+        type=Path,
+        metavar="MODEL",
+        help="diffusion: adapt this trained diffusion model to the category with a LoRA adapter"
+        " (its denoiser frozen and shared; minutes instead of a new model)",
+    )
+    train.add_argument("--lora-rank", type=int, default=8, help="diffusion --base: the adapter's rank")
     train.add_argument("--student-steps", type=int, help="DeSTSeg: stage-1 steps (default 1500)")
     train.add_argument("--segmentation-steps", type=int, help="DeSTSeg: stage-2 steps (default 700)")
     train.add_argument(
@@ -218,6 +228,9 @@ def run_train(args: argparse.Namespace) -> int:
     ):
         print("linewatch train: error: --*-steps and --textures are DeSTSeg settings", file=sys.stderr)
         return 2
+    if args.base is not None and args.detector != "diffusion":
+        print("linewatch train: error: --base (a LoRA adapter) is a diffusion setting", file=sys.stderr)
+        return 2
     if args.detector not in ("diffusion", "ensemble") and (args.autoencoder or args.diffusion_steps):
         print(
             "linewatch train: error: --autoencoder and --diffusion-steps are diffusion settings",
@@ -238,13 +251,15 @@ def run_train(args: argparse.Namespace) -> int:
         print("linewatch train: error: --device is a DeSTSeg and diffusion setting", file=sys.stderr)
         return 2
     diffusion_member = args.detector == "diffusion" or "diffusion" in (args.members or [])
-    if diffusion_member and args.space == "latent" and not args.autoencoder:
+    if diffusion_member and args.space == "latent" and not args.autoencoder and args.base is None:
         print(
             "linewatch train: error: the latent space needs --autoencoder ENCODER DECODER (or --space pixel)",
             file=sys.stderr,
         )
         return 2
     diffusion = DiffusionParams(space=args.space)
+    if args.base is not None:  # an adapter: a short run at a higher rate (the base stays frozen)
+        diffusion = replace(diffusion, steps=300, lr=1e-3, eval_every=50)
     if args.diffusion_steps is not None:
         diffusion = replace(diffusion, steps=args.diffusion_steps)
     destseg = DestsegParams()
@@ -278,6 +293,8 @@ def run_train(args: argparse.Namespace) -> int:
         autoencoder=tuple(args.autoencoder) if args.autoencoder else None,
         members=tuple(args.members or ()),
         fold_holdout=not args.holdout_unseen,
+        base=args.base,
+        lora_rank=args.lora_rank,
         map_weights=tuple(args.map_weights) if args.map_weights else None,
         image_weights=tuple(args.image_weights) if args.image_weights else None,
         fusion=args.fusion,
@@ -326,8 +343,13 @@ def _print_card(card: ModelCard, args: argparse.Namespace) -> None:
             )
     if info.diffusion is not None:
         trained = info.diffusion
+        what = (
+            f"LoRA adapter of {trained['base_version']}"
+            if "base_version" in trained
+            else "diffusion denoiser"
+        )
         print(
-            f"  diffusion denoiser: {trained['steps']} steps in {trained['seconds']:.0f} s"
+            f"  {what}: {trained['steps']} steps in {trained['seconds']:.0f} s"
             f" on {trained['device']}, best at step {trained['best_step']}"
             f" (validation loss {min(trained['validation']):.4f})"
         )

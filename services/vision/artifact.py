@@ -134,10 +134,19 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
         raise TypeError(f"cannot save a {type(model).__name__}")
     tensors = {f"backbone.{k}": v for k, v in model.extractor.body.state_dict().items()}
     if isinstance(model, DiffusionModel):
-        tensors.update({f"unet.{k}": v for k, v in model.unet.state_dict().items()})
+        from services.vision.diffusion.lora import adapter_state, base_state
+
+        tensors.update({f"unet.{k}": v for k, v in base_state(model.unet).items()})
+        own = model.params.lora
+        if own is not None:  # an adapter's artifact: its own LoRA weights and the base's map scales
+            tensors.update({f"lora.{k}": v for k, v in adapter_state(model.unet, own["name"]).items()})
+            tensors["base_map_scale"] = (
+                model.base_map_scale if model.base_map_scale is not None else model.map_scale
+            )
         if model.autoencoder is not None:
             tensors.update({f"autoencoder.{k}": v for k, v in model.autoencoder.state_dict().items()})
-        tensors.update(latent_mean=model.latent_mean, latent_std=model.latent_std, map_scale=model.map_scale)
+        scale = model.adapters[own["name"]][1] if own is not None else model.map_scale
+        tensors.update(latent_mean=model.latent_mean, latent_std=model.latent_std, map_scale=scale)
     elif isinstance(model, DestsegModel):
         tensors.update({f"student.{k}": v for k, v in model.student.state_dict().items()})
         tensors.update({f"segmenter.{k}": v for k, v in model.segmenter.state_dict().items()})
@@ -311,6 +320,7 @@ def _load_diffusion(
     card: ModelCard, extractor: FeatureExtractor, tensors: dict[str, torch.Tensor], weights_path: Path
 ) -> nn.Module:
     from services.vision.diffusion.autoencoder import AutoencoderError, TinyAutoencoder
+    from services.vision.diffusion.lora import AdapterError, LoraSettings
     from services.vision.diffusion.model import DiffusionModel, build_unet, params_from_card
 
     params = params_from_card(card.params)
@@ -333,7 +343,7 @@ def _load_diffusion(
         raise ArtifactError(
             f"the denoiser's weights in {weights_path} do not fit its card: {str(err)[:300]}"
         ) from err
-    return DiffusionModel(
+    model = DiffusionModel(
         extractor,
         unet,
         autoencoder,
@@ -341,8 +351,44 @@ def _load_diffusion(
         params,
         tensors["latent_mean"],
         tensors["latent_std"],
-        tensors["map_scale"],
+        tensors.get("base_map_scale", tensors["map_scale"]),
     )
+    if params.lora is not None:  # an adapter: the base with its LoRA weights, in use
+        try:
+            settings = LoraSettings.from_dict(params.lora)
+            model.add_adapter(
+                settings, part("lora."), tensors["map_scale"], params.lora["base_denoiser_sha256"]
+            )
+        except (AdapterError, KeyError, TypeError, ValueError) as err:
+            raise ArtifactError(f"the LoRA adapter in {weights_path} cannot be loaded: {err}") from err
+        model.use_adapter(settings.name)
+    return model
+
+
+def load_adapter(model: nn.Module, adapter_dir: Path) -> str:
+    """Attach the LoRA adapter of the artifact in ``adapter_dir`` to ``model`` (a diffusion model
+    with the same base, already loaded: nothing of the base is read again) with its recipe's map
+    scales; returns its name, for :meth:`DiffusionModel.use_adapter`. The adapter's own thresholds
+    stay on its card."""
+    from services.vision.diffusion.lora import AdapterError, LoraSettings
+
+    if not isinstance(model, DiffusionModel):
+        raise ArtifactError(f"LoRA adapters attach to diffusion models, not to a {type(model).__name__}")
+    card = read_card(adapter_dir)
+    lora = card.params.get("lora") if card.kind == "diffusion" else None
+    if lora is None:
+        raise ArtifactError(f"{adapter_dir} holds no LoRA adapter (a {card.kind} model)")
+    weights_path = Path(adapter_dir) / WEIGHTS_FILE
+    if not weights_path.is_file() or file_sha256(weights_path) != card.weights_sha256:
+        raise ArtifactError(f"{weights_path} is missing, damaged or was replaced")
+    tensors = load_file(str(weights_path))
+    settings = LoraSettings.from_dict(lora)
+    state = {k.removeprefix("lora."): v for k, v in tensors.items() if k.startswith("lora.")}
+    try:
+        model.add_adapter(settings, state, tensors["map_scale"], lora["base_denoiser_sha256"])
+    except AdapterError as err:
+        raise ArtifactError(f"{adapter_dir}: {err}") from err
+    return settings.name
 
 
 def _load_ensemble(card: ModelCard, model_dir: Path) -> EnsembleModel:

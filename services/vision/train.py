@@ -12,14 +12,14 @@ from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from services.vision.artifact import ModelCard, TrainingInfo, now_iso, params_dict, save_artifact
-from services.vision.backbone import build_feature_extractor, default_layers
+from services.vision.backbone import FeatureExtractor, build_feature_extractor, default_layers
 from services.vision.calibration import fit_threshold
 from services.vision.dataset import (
     DatasetError,
@@ -84,6 +84,10 @@ class TrainConfig:
     # the latent space
     diffusion: DiffusionParams = field(default_factory=DiffusionParams)
     autoencoder: tuple[Path, Path] | None = None
+    # diffusion: a trained diffusion model to adapt to this category with a LoRA adapter of this rank
+    # (its denoiser frozen and shared; ``diffusion.steps`` etc. are the adapter's training budget)
+    base: Path | None = None
+    lora_rank: int = 8
     # ensemble: its members (trained model folders, or detector names trained now), how their maps
     # and image scores are weighted and fused, and the share of good frames the pre-screen passes on
     members: tuple[str, ...] = ()
@@ -263,6 +267,53 @@ def train_diffusion(
     return model, info.as_dict()
 
 
+def load_base(config: TrainConfig) -> tuple[torch.nn.Module, ModelCard]:
+    """The diffusion model ``--base`` names, checked to be one an adapter can be trained on here."""
+    from services.vision.artifact import load_artifact
+
+    if config.detector != "diffusion":
+        raise ValueError("--base (a LoRA adapter) is a diffusion setting")
+    model, card = load_artifact(Path(config.base))  # type: ignore[arg-type]
+    if card.kind != "diffusion" or card.params.get("lora") is not None:
+        what = "an adapter itself" if card.kind == "diffusion" else f"a {card.kind} model"
+        raise ValueError(f"--base {config.base} is {what}; name a diffusion model trained on its own")
+    if card.image_size != config.image_size or (tuple(card.roi) if card.roi else None) != config.roi:
+        raise ValueError(
+            f"--base {config.base} inspects {card.image_size} px (roi {card.roi}); pass the same --image-size"
+            " and --roi"
+        )
+    return model, card
+
+
+def train_adapter(
+    config: TrainConfig,
+    base: tuple[torch.nn.Module, ModelCard],
+    fit_paths: list[Path],
+    holdout_paths: list[Path],
+    skipped: list[SkippedFile],
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A LoRA adapter of the base's denoiser for this category (lora.py), its map scales on the
+    held-out goods; the artifact holds the base and the adapter."""
+    from services.vision.diffusion.lora import LoraSettings
+    from services.vision.diffusion.train import fit_adapter
+
+    model, card = base
+    goods, _ = load_goods(fit_paths, config, skipped)
+    held, _ = load_goods(holdout_paths, config, [])  # calibration lists them later
+    adapted, info = fit_adapter(
+        model,  # type: ignore[arg-type]
+        goods,
+        held,
+        LoraSettings(name=config.category, rank=config.lora_rank, alpha=config.lora_rank),
+        replace(config.diffusion, seed=config.seed),
+        card.version,
+        config.device,
+        Path(config.out_dir) / "checkpoints",
+        config.progress,
+    )
+    return adapted, info.as_dict() | {"base": str(config.base), "base_version": card.version}
+
+
 def train(config: TrainConfig) -> ModelCard:
     """Fit, calibrate and save a detector; returns its card. Unusable images are skipped and listed."""
     if config.detector == "ensemble":
@@ -285,7 +336,13 @@ def train(config: TrainConfig) -> ModelCard:
         if config.detector in ("destseg", "diffusion")
         else default_layers(config.backbone)
     )
-    extractor = build_feature_extractor(config.backbone, layers, config.weights, config.activation)
+    base: tuple[torch.nn.Module, ModelCard] | None = None
+    if config.base is not None:
+        base = load_base(config)
+        extractor = cast(FeatureExtractor, base[0].extractor)
+        layers = base[1].layers
+    else:
+        extractor = build_feature_extractor(config.backbone, layers, config.weights, config.activation)
     skipped: list[SkippedFile] = []
     batches = (batch.images for batch in _batches(fit_paths, config, skipped, "features"))
     model: torch.nn.Module
@@ -333,7 +390,10 @@ def train(config: TrainConfig) -> ModelCard:
         model, destseg_info = train_destseg(config, extractor, fit_paths, holdout_paths, skipped)
         params = model.params  # type: ignore[assignment]
     elif config.detector == "diffusion":
-        model, diffusion_info = train_diffusion(config, extractor, fit_paths, holdout_paths, skipped)
+        if base is not None:
+            model, diffusion_info = train_adapter(config, base, fit_paths, holdout_paths, skipped)
+        else:
+            model, diffusion_info = train_diffusion(config, extractor, fit_paths, holdout_paths, skipped)
         params = model.params  # type: ignore[assignment]
     else:
         raise ValueError(
@@ -377,9 +437,9 @@ def train(config: TrainConfig) -> ModelCard:
         "name": f"{config.category}-{config.detector}",
         "version": created.replace("-", "").replace(":", "")[:15] + "-" + fingerprint[:8],
         "kind": config.detector,
-        "backbone": config.backbone,
+        "backbone": base[1].backbone if base is not None else config.backbone,
         "layers": layers,
-        "activation": config.activation,
+        "activation": base[1].activation if base is not None else config.activation,
         "image_size": config.image_size,
         "roi": config.roi,
         "params": params_dict(params),

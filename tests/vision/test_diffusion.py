@@ -1,20 +1,25 @@
 """The diffusion detector (services/vision/diffusion/): scheduler maths against closed forms and
 diffusers' own DDIM step, the tiny pretrained autoencoder (TAEF2) round trip, a tiny denoiser that
 trains on the CPU with a falling loss, guided reconstruction that keeps a good part and removes a
-painted defect, and the artifact round trip."""
+painted defect, the artifact round trip, and per-recipe LoRA adapters: trained on another recipe
+with the base frozen, swapped in and out without reloading, refused by another base."""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from services.vision.artifact import load_artifact, read_card, save_artifact
+from services.cli import main
+from services.vision.artifact import ArtifactError, load_adapter, load_artifact, read_card, save_artifact
 from services.vision.backbone import FeatureExtractor, build_feature_extractor
 from services.vision.destseg import DESTSEG_LAYERS
 from services.vision.diffusion.autoencoder import AutoencoderError, TinyAutoencoder
+from services.vision.diffusion.lora import AdapterError, LoraSettings
 from services.vision.diffusion.model import (
     DiffusionModel,
     DiffusionParams,
@@ -23,10 +28,10 @@ from services.vision.diffusion.model import (
     params_for_card,
     scheduler_alphas,
 )
-from services.vision.diffusion.train import DiffusionTraining, fit_diffusion
+from services.vision.diffusion.train import DiffusionTraining, fit_adapter, fit_diffusion
 from services.vision.images import load_image
 from services.vision.synthesis import paint_defect
-from services.vision.train import TrainConfig, load_goods
+from services.vision.train import TrainConfig, load_goods, train
 from tests.conftest import SHARED
 
 SIZE = 64
@@ -167,3 +172,144 @@ def test_the_artifact_round_trip_gives_identical_scores(
     for a, b in zip(expected, got, strict=True):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(alone[0], got[0][1:2], rtol=1e-4, atol=1e-5)
+
+
+# --- per-recipe LoRA adapters (diffusion/lora.py) ---
+
+
+def save_diffusion(model: DiffusionModel, info: DiffusionTraining, card_from: Path, out: Path) -> Path:
+    card = read_card(card_from)  # a real card to borrow the common fields from
+    fields = card.model_dump(exclude={"format_version", "versions", "tensors", "weights_sha256"})
+    fields.update(kind="diffusion", image_size=SIZE, params=params_for_card(model.params))
+    fields["training"]["destseg"], fields["training"]["diffusion"] = None, info.as_dict()
+    save_artifact(model, fields, out)
+    return out
+
+
+def normalised(pixels: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    return (pixels.float() / 255 - mean) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def other_recipe(goods: torch.Tensor) -> torch.Tensor:
+    """Another product on the same line: the synthetic parts with their colour channels turned."""
+    return goods[:, [2, 0, 1]].contiguous()
+
+
+@pytest.fixture(scope="module")
+def adapted(
+    trained: tuple[DiffusionModel, DiffusionTraining], other_recipe: torch.Tensor
+) -> tuple[DiffusionModel, DiffusionTraining]:
+    base, _ = trained
+    params = replace(base.params, steps=60, lr=3e-3, eval_every=20)
+    settings = LoraSettings(name="recipe-b", rank=4, alpha=4)
+    return fit_adapter(
+        base, other_recipe[:32], other_recipe[32:], settings, params, "base-v1", "cpu", None, False
+    )
+
+
+def test_an_adapter_learns_the_new_recipe_and_leaves_the_base_alone(
+    trained: tuple[DiffusionModel, DiffusionTraining],
+    adapted: tuple[DiffusionModel, DiffusionTraining],
+    goods: torch.Tensor,
+) -> None:
+    base, _ = trained
+    model, info = adapted
+    assert info.steps == 60 and info.validation[-1] < info.validation[0]
+    assert base.adapters == {} and base.active_adapter is None  # fit_adapter worked on a copy
+    assert model.active_adapter == "recipe-b" and model.params.lora is not None
+    assert model.params.lora["base_denoiser_sha256"] == base.base_sha256() == model.base_sha256()
+    lora = sum(p.numel() for n, p in model.unet.named_parameters() if "lora_" in n)
+    assert 0 < lora < 0.2 * sum(p.numel() for p in base.unet.parameters())
+    with torch.inference_mode():
+        assert not torch.equal(model(normalised(goods[:2]))[1], base(normalised(goods[:2]))[1])
+
+
+def test_swapping_adapters_changes_the_outputs_and_swapping_back_restores_them(
+    trained: tuple[DiffusionModel, DiffusionTraining],
+    adapted: tuple[DiffusionModel, DiffusionTraining],
+    goods: torch.Tensor,
+    destseg_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    base_dir = save_diffusion(*trained, destseg_model_dir, tmp_path / "base")
+    adapter_dir = save_diffusion(*adapted, destseg_model_dir, tmp_path / "recipe-b")
+    assert read_card(adapter_dir).params["lora"]["name"] == "recipe-b"
+    line, _ = load_artifact(base_dir)
+    alone, _ = load_artifact(adapter_dir)  # the adapter's artifact also loads on its own
+    assert isinstance(line, DiffusionModel) and isinstance(alone, DiffusionModel)
+    images = normalised(goods[:3])
+    with torch.inference_mode():
+        before = line(images)
+        assert load_adapter(line, adapter_dir) == "recipe-b"
+        still_base = line(images)  # attached, not in use yet
+        line.use_adapter("recipe-b")
+        with_adapter = line(images)
+        line.use_adapter(None)
+        back = line(images)
+        line.use_adapter("recipe-b")
+        again = line(images)
+        standalone = alone(images)
+    for a, b in zip(before, still_base, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(before, back, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(with_adapter, again, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(with_adapter, standalone, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert float((with_adapter[1] - before[1]).abs().max()) > 1e-3
+    with pytest.raises(AdapterError, match="no adapter named recipe-c"):
+        line.use_adapter("recipe-c")
+    with pytest.raises(ArtifactError, match="already holds an adapter named recipe-b"):
+        load_adapter(line, adapter_dir)
+
+
+def test_an_adapter_of_another_base_is_refused(
+    trained: tuple[DiffusionModel, DiffusionTraining],
+    adapted: tuple[DiffusionModel, DiffusionTraining],
+    destseg_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    adapter_dir = save_diffusion(*adapted, destseg_model_dir, tmp_path / "recipe-b")
+    other = copy.deepcopy(trained[0])
+    with torch.no_grad():
+        next(other.unet.parameters()).add_(0.01)  # a base trained further
+    with pytest.raises(ArtifactError, match="trained on another base denoiser"):
+        load_adapter(other, adapter_dir)
+    with pytest.raises(ArtifactError, match="holds no LoRA adapter"):
+        load_adapter(other, save_diffusion(*trained, destseg_model_dir, tmp_path / "base"))
+
+
+def test_linewatch_trains_an_adapter_from_a_base_model_folder(
+    synthetic_data: Path,
+    mobilenet_weights: Path,
+    model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``train --detector diffusion --base MODEL``: the whole path through train() and the CLI, at a
+    tiny budget (the adapter's accuracy is not what is tested here)."""
+    tiny = DiffusionParams(
+        space="pixel", pixel_size=32, channels=(32, 64), steps=20, batch_size=4, eval_every=10
+    )
+    base_config = TrainConfig(
+        synthetic_data, "synthetic", tmp_path / "base", detector="diffusion", weights=mobilenet_weights,
+        activation="relu", image_size=SIZE, diffusion=tiny, device="cpu", progress=False,
+    )  # fmt: skip
+    train(base_config)
+    adapter = train(replace(base_config, out_dir=tmp_path / "adapter", base=tmp_path / "base", lora_rank=2,
+                            weights=None, diffusion=replace(tiny, steps=10)))  # fmt: skip
+    lora = adapter.params["lora"]
+    assert adapter.kind == "diffusion" and lora["rank"] == 2 and lora["name"] == "synthetic"
+    assert lora["base_version"] == read_card(tmp_path / "base").version
+    assert adapter.training.diffusion is not None and adapter.training.diffusion["steps"] == 10
+    assert any(k.startswith("lora.") for k in adapter.tensors)
+    with pytest.raises(ValueError, match="is an adapter itself"):
+        train(replace(base_config, out_dir=tmp_path / "again", base=tmp_path / "adapter"))
+    with pytest.raises(ValueError, match="is a patchcore model"):
+        train(replace(base_config, out_dir=tmp_path / "again", base=model_dir))
+    common = ["train", "--data", str(synthetic_data), "--category", "synthetic", "--out", str(tmp_path / "m")]
+    assert main([*common, "--base", str(tmp_path / "base")]) == 2
+    assert "is a diffusion setting" in capsys.readouterr().err

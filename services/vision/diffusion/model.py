@@ -29,6 +29,15 @@ from torch import nn
 
 from services.vision.backbone import FeatureExtractor
 from services.vision.diffusion.autoencoder import TinyAutoencoder
+from services.vision.diffusion.lora import (
+    AdapterError,
+    LoraSettings,
+    activate,
+    attach,
+    base_state,
+    load_adapter_state,
+    state_sha256,
+)
 from services.vision.maps import gaussian_blur
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -59,6 +68,8 @@ class DiffusionParams:
     eval_every: int = 250
     seed: int = 0
     unet_config: dict[str, Any] = field(default_factory=dict)  # diffusers' config, set at fit time
+    # a LoRA adapter's settings (lora.py), the sha256 and version of the base it adapts; None: a base
+    lora: dict[str, Any] | None = None
 
 
 def scheduler_alphas(params: DiffusionParams) -> torch.Tensor:
@@ -151,10 +162,59 @@ class DiffusionModel(nn.Module):
             "noise", torch.randn(1, channels, side, side, generator=generator), persistent=False
         )
         self.register_buffer("alphas", scheduler_alphas(params).float(), persistent=False)
+        # LoRA adapters by name, each with the map scales of its recipe; the base's are kept apart
+        self.adapters: dict[str, tuple[LoraSettings, torch.Tensor]] = {}
+        self.base_map_scale: torch.Tensor | None = None  # kept when the first adapter comes
+        self.active_adapter: str | None = None
 
     @property
     def latent_side(self) -> int:
         return self.image_size // 8 if self.autoencoder is not None else self.params.pixel_size
+
+    # --- adapters (lora.py) ---
+
+    def base_sha256(self) -> str:
+        """Identifies the base denoiser an adapter belongs to (a few milliseconds; not cached, so
+        that weights changed in place are never vouched for)."""
+        return state_sha256(base_state(self.unet))
+
+    def register_adapter(self, settings: LoraSettings, map_scale: torch.Tensor) -> None:
+        """Record an adapter already attached to the denoiser, with its recipe's map scales."""
+        if self.base_map_scale is None:
+            self.base_map_scale = self.map_scale.detach().clone()
+        self.adapters[settings.name] = (settings, map_scale.detach().clone().float())
+
+    def add_adapter(
+        self,
+        settings: LoraSettings,
+        state: dict[str, torch.Tensor],
+        map_scale: torch.Tensor,
+        base_sha256: str,
+    ) -> None:
+        """Attach a trained adapter to this model's denoiser (not yet in use: :meth:`use_adapter`);
+        refused when it was trained on another base or its name is taken."""
+        if base_sha256 != self.base_sha256():
+            raise AdapterError(
+                f"adapter {settings.name} was trained on another base denoiser than this model's"
+            )
+        if settings.name in self.adapters:
+            raise AdapterError(f"this model already holds an adapter named {settings.name}")
+        attach(self.unet, settings)
+        load_adapter_state(self.unet, settings.name, state)
+        activate(self.unet, self.active_adapter)  # injecting may switch the active one
+        self.register_adapter(settings, map_scale)
+
+    def use_adapter(self, name: str | None) -> None:
+        """Denoise with adapter ``name`` and its map scales, or with the bare base (``None``); the
+        base weights are not touched, so switching back restores the base's outputs exactly."""
+        if name is not None and name not in self.adapters:
+            raise AdapterError(f"no adapter named {name}; this model holds {sorted(self.adapters) or 'none'}")
+        activate(self.unet, name)
+        if name is not None:
+            self.map_scale.copy_(self.adapters[name][1])
+        elif self.base_map_scale is not None:
+            self.map_scale.copy_(self.base_map_scale)
+        self.active_adapter = name
 
     # --- between images and the denoiser's space ---
 
@@ -224,6 +284,12 @@ class DiffusionModel(nn.Module):
         self, pixels: torch.Tensor, reconstruction: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixel and feature discrepancy maps (B, S, S), not yet scaled."""
+        pixel_map, feature_map, _, _ = self._discrepancies(pixels, reconstruction)
+        return pixel_map, feature_map
+
+    def _discrepancies(
+        self, pixels: torch.Tensor, reconstruction: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         size = (self.image_size, self.image_size)
         pixel_map = (pixels - reconstruction).abs().mean(dim=1)
         mean, std = IMAGENET_MEAN.to(pixels), IMAGENET_STD.to(pixels)
@@ -233,7 +299,7 @@ class DiffusionModel(nn.Module):
         for a, b in zip(ours, theirs, strict=True):
             distance = 1 - F.cosine_similarity(a.float(), b.float(), dim=1).unsqueeze(1)
             feature_map += F.interpolate(distance, size=size, mode="bilinear", align_corners=False)[:, 0]
-        return pixel_map, feature_map / len(ours)
+        return pixel_map, feature_map / len(ours), ours, theirs
 
     def score_with_residuals(
         self, images: torch.Tensor
@@ -243,15 +309,12 @@ class DiffusionModel(nn.Module):
         middle layer's grid, what the defect added."""
         pixels = self.pixels(images.float())
         reconstruction = self.reconstruct(pixels)
-        pixel_map, feature_map = self.discrepancies(pixels, reconstruction)
+        pixel_map, feature_map, ours, theirs = self._discrepancies(pixels, reconstruction)
         maps = 0.5 * pixel_map / self.map_scale[0] + 0.5 * feature_map / self.map_scale[1]
         maps = gaussian_blur(maps.unsqueeze(1), self.params.sigma).squeeze(1).clamp_min(1e-6)
         flat = maps.flatten(1)
         k = max(1, round(self.params.image_top_share * flat.shape[1]))
         scores = flat.topk(k, dim=1).values.mean(dim=1)
-        mean, std = IMAGENET_MEAN.to(pixels), IMAGENET_STD.to(pixels)
-        ours = self.extractor((pixels - mean) / std)
-        theirs = self.extractor((reconstruction - mean) / std)
         embeddings = torch.cat([f.float().mean(dim=(2, 3)) for f in ours], dim=1)
         grid = ours[len(ours) // 2].shape[-2:]
         residuals = torch.cat(
@@ -277,4 +340,5 @@ def params_for_card(params: DiffusionParams) -> dict[str, Any]:
 def params_from_card(raw: dict[str, Any]) -> DiffusionParams:
     values = dict(raw)
     values["channels"] = tuple(values["channels"])
+    values.setdefault("lora", None)
     return replace(DiffusionParams(), **values)

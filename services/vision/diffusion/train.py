@@ -1,5 +1,6 @@
 """Training the diffusion detector's denoiser on good images (DDPM noise prediction, EMA weights),
-then setting its map scales on held-out good images."""
+or a LoRA adapter of a trained one for another recipe, then setting the map scales on held-out good
+images."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tqdm import tqdm
 from services.vision.backbone import FeatureExtractor
 from services.vision.destseg import TrainingDiverged, resolve_device
 from services.vision.diffusion.autoencoder import TinyAutoencoder
+from services.vision.diffusion.lora import LoraSettings, activate, attach
 from services.vision.diffusion.model import (
     DiffusionModel,
     DiffusionParams,
@@ -92,24 +94,112 @@ def fit_diffusion(
         model.latent_mean.copy_(mean)
         model.latent_std.copy_(std)
         latents = (raw - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-        held_raw = torch.cat([model.to_latent(c.float() / 255) for c in _chunks(held_out)])
+        held = torch.cat([model.to_latent(c.float() / 255) for c in _chunks(held_out)])
+    info = train_denoiser(
+        model,
+        latents,
+        held,
+        params,
+        list(unet.parameters()),
+        target,
+        checkpoint_dir,
+        progress,
+        "diffusion denoiser",
+    )
+    scale = map_scales(model, held_out, progress)
+    model.map_scale.copy_(scale)
+    info.map_scale = [round(float(v), 6) for v in scale]
+    return model, info
+
+
+def fit_adapter(
+    base: DiffusionModel,
+    goods: torch.Tensor,
+    held_out: torch.Tensor,
+    settings: LoraSettings,
+    params: DiffusionParams,
+    base_version: str,
+    device: str = "auto",
+    checkpoint_dir: Path | None = None,
+    progress: bool = True,
+) -> tuple[DiffusionModel, DiffusionTraining]:
+    """Train a LoRA adapter of ``base``'s denoiser on a recipe's ``goods`` (the base stays frozen;
+    ``params`` gives the steps, batch, learning rate and EMA), then the recipe's map scales on
+    ``held_out``. Returns a copy of ``base`` with the adapter attached and in use; ``base`` itself
+    is not changed."""
+    if base.params.lora is not None:
+        raise ValueError("the base model is itself an adapter; adapt its own base")
+    target = resolve_device(device)
+    torch.manual_seed(params.seed)
+    model = copy.deepcopy(base)
+    model.params = replace(
+        model.params,
+        steps=params.steps,
+        batch_size=params.batch_size,
+        lr=params.lr,
+        eval_every=params.eval_every,
+        seed=params.seed,
+    )
+    base_sha = model.base_sha256()
+    attach(model.unet, settings)
+    activate(model.unet, settings.name)
+    trainable = []
+    for name, parameter in model.unet.named_parameters():
+        parameter.requires_grad_("lora_" in name)
+        if "lora_" in name:
+            trainable.append(parameter)
+    with torch.inference_mode():  # in the base's latent space: adapters share it
+        latents = torch.cat([model.to_latent(c.float() / 255) for c in _chunks(goods)])
+        held = torch.cat([model.to_latent(c.float() / 255) for c in _chunks(held_out)])
+    info = train_denoiser(
+        model, latents, held, model.params, trainable, target, checkpoint_dir, progress, "LoRA adapter"
+    )
+    scale = map_scales(model, held_out, progress)
+    model.params = replace(
+        model.params,
+        lora={**settings.as_dict(), "base_denoiser_sha256": base_sha, "base_version": base_version},
+    )
+    model.register_adapter(settings, scale)
+    model.use_adapter(settings.name)
+    info.map_scale = [round(float(v), 6) for v in scale]
+    return model, info
+
+
+def train_denoiser(
+    model: DiffusionModel,
+    latents: torch.Tensor,
+    held: torch.Tensor,
+    params: DiffusionParams,
+    trainable: list[torch.nn.Parameter],
+    target: torch.device,
+    checkpoint_dir: Path | None,
+    progress: bool,
+    desc: str,
+) -> DiffusionTraining:
+    """DDPM noise prediction on ``latents`` (normalised) for the ``trainable`` parameters of
+    ``model.unet``, with EMA weights validated on ``held`` every ``eval_every`` steps; the best EMA
+    state replaces ``model.unet`` (on the CPU, in eval mode) and is checkpointed while it trains."""
+    unet = model.unet
     latents = latents.to(target)
     unet.to(target).train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    optimiser = torch.optim.AdamW(unet.parameters(), lr=params.lr, weight_decay=1e-4)
+    names = {id(p) for p in trainable}
+    pairs = [(e, p) for e, p in zip(ema.parameters(), unet.parameters(), strict=True) if id(p) in names]
+    optimiser = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimiser, T_max=params.steps, eta_min=params.lr * 0.02
     )
     alphas = model.alphas.to(target)
     generator = torch.Generator().manual_seed(params.seed + 1)
     fixed = torch.Generator().manual_seed(params.seed + 2)
-    val_noise = torch.randn(held_raw.shape, generator=fixed).to(target)
-    val_t = torch.randint(0, params.train_timesteps, (held_raw.shape[0],), generator=fixed).to(target)
+    val_noise = torch.randn(held.shape, generator=fixed).to(target)
+    val_t = torch.randint(0, params.train_timesteps, (held.shape[0],), generator=fixed).to(target)
+    held = held.to(target)
     info = DiffusionTraining(steps=0, seconds=0.0, device=str(target))
     best, best_state = math.inf, copy.deepcopy(ema.state_dict())
     started = time.perf_counter()
     running: list[float] = []
-    bar = tqdm(range(1, params.steps + 1), desc="diffusion denoiser", unit="step", disable=not progress)
+    bar = tqdm(range(1, params.steps + 1), desc=desc, unit="step", disable=not progress)
     for step in bar:
         index = torch.randint(0, latents.shape[0], (params.batch_size,), generator=generator).to(target)
         x0 = latents[index]
@@ -129,21 +219,17 @@ def fit_diffusion(
             raise TrainingDiverged(f"diffusion loss became {loss.item()} at step {step}{where}")
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimiser.step()
         schedule.step()
         with torch.no_grad():
             decay = min(params.ema_decay, (1 + step) / (10 + step))
-            for e, p in zip(ema.parameters(), unet.parameters(), strict=True):
+            for e, p in pairs:
                 e.lerp_(p.detach(), 1 - decay)
         running.append(float(loss.detach()))
         info.steps = step
         if step % params.eval_every == 0 or step == params.steps:
             with torch.inference_mode(), _autocast(target):
-                held = held_raw.to(target)
-                held = (held - model.latent_mean.to(target).view(1, -1, 1, 1)) / model.latent_std.to(
-                    target
-                ).view(1, -1, 1, 1)
                 val = float(
                     F.mse_loss(
                         ema(add_noise(held, val_noise, val_t, alphas), val_t).sample.float(), val_noise
@@ -164,10 +250,7 @@ def fit_diffusion(
     model.to("cpu").eval()
     model.extractor = model.extractor.to(memory_format=torch.channels_last)
     info.seconds = round(time.perf_counter() - started, 2)
-    scale = map_scales(model, held_out, progress)
-    model.map_scale.copy_(scale)
-    info.map_scale = [round(float(v), 6) for v in scale]
-    return model, info
+    return info
 
 
 def map_scales(model: DiffusionModel, held_out: torch.Tensor, progress: bool = False) -> torch.Tensor:
