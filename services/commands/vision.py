@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from services.vision.backbone import ACTIVATIONS
 
@@ -181,7 +181,32 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--data", type=Path, required=True, help="dataset root (MVTec layout)")
     synth.add_argument("--category", required=True)
     synth.add_argument("--out", type=Path, required=True, help="root of the set to write")
-    synth.add_argument("--method", choices=["perlin", "paint"], default="perlin")
+    synth.add_argument(
+        "--method",
+        choices=["perlin", "paint", "diffusion"],
+        default="perlin",
+        help="perlin (default), paint, or diffusion: defects generated from a few real ones (needs --model)",
+    )
+    synth.add_argument(
+        "--model",
+        type=Path,
+        help="diffusion: the category's diffusion model (linewatch train --detector diffusion)",
+    )
+    synth.add_argument(
+        "--seed-defects",
+        type=int,
+        default=10,
+        help="diffusion: real defective test images (with masks) to learn from, at most 10 (%(default)s)",
+    )
+    synth.add_argument(
+        "--adapter-steps",
+        type=int,
+        default=150,
+        help="diffusion: LoRA steps adapting the model to the seed defects; 0 = none (%(default)s)",
+    )
+    synth.add_argument(
+        "--device", default="cpu", help="diffusion: where the adapter trains (cpu, cuda, auto)"
+    )
     synth.add_argument("--n", type=int, default=100, help="synthetic images (%(default)s)")
     synth.add_argument(
         "--split", choices=["test", "train"], default="test", help="whose good images (%(default)s)"
@@ -462,11 +487,58 @@ def run_predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _defect_generator(args: argparse.Namespace) -> Any:
+    """The diffusion model, its seed defects and (unless --adapter-steps 0) its adapter to them."""
+    from services.vision.artifact import load_artifact
+    from services.vision.diffusion.generate import (
+        DefectGenerator,
+        GenerationParams,
+        fit_defect_adapter,
+        load_seeds,
+    )
+    from services.vision.diffusion.model import DiffusionModel
+
+    model, card = load_artifact(args.model)
+    if not isinstance(model, DiffusionModel):
+        print(
+            f"linewatch synth: error: {args.model} is a {card.kind} model, not a diffusion model",
+            file=sys.stderr,
+        )
+        return None
+    params = GenerationParams(adapter_steps=args.adapter_steps)
+    seeds = load_seeds(args.data, args.category, args.seed_defects, card.image_size)
+    print(f"learning from {len(seeds)} real defects: {', '.join(s.name for s in seeds)}", file=sys.stderr)
+    if params.adapter_steps > 0:
+        model = fit_defect_adapter(model, seeds, params, args.device)
+    return DefectGenerator(model, seeds, params)
+
+
 def run_synth(args: argparse.Namespace) -> int:
     from services.vision.synthesis import SynthesisSettings
     from services.vision.synthetic_set import write_synthetic_set
 
-    settings = SynthesisSettings(method=args.method, sources=tuple(args.sources), foreground=args.foreground)
+    generator = None
+    if args.method == "diffusion":
+        if args.model is None:
+            print(
+                "linewatch synth: error: --method diffusion needs --model (a diffusion model)",
+                file=sys.stderr,
+            )
+            return 2
+        if args.size is not None:
+            print(
+                "linewatch synth: error: diffusion generates at the model's size; leave out --size",
+                file=sys.stderr,
+            )
+            return 2
+        generator = _defect_generator(args)
+        if generator is None:
+            return 2
+    elif args.model is not None:
+        print("linewatch synth: error: --model is a --method diffusion setting", file=sys.stderr)
+        return 2
+    method = "perlin" if args.method == "diffusion" else args.method  # the settings' own methods
+    settings = SynthesisSettings(method=method, sources=tuple(args.sources), foreground=args.foreground)
     report = write_synthetic_set(
         args.data,
         args.category,
@@ -479,6 +551,7 @@ def run_synth(args: argparse.Namespace) -> int:
         size=args.size,
         copy_goods=not args.no_goods,
         overwrite=args.overwrite,
+        generator=generator,
     )
     print(
         f"wrote {report.written} synthetic images and their masks to {report.out_dir}"

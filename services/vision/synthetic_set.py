@@ -13,7 +13,7 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -30,6 +30,9 @@ from services.vision.synthesis import (
     paint_defect,
     synthesise,
 )
+
+if TYPE_CHECKING:
+    from services.vision.diffusion.generate import DefectGenerator
 
 MANIFEST = "synthetic.json"
 WRITTEN_FOLDERS = ("test/synthetic", "ground_truth/synthetic", "test/good")
@@ -72,11 +75,14 @@ def write_synthetic_set(
     copy_goods: bool = True,
     overwrite: bool = False,
     progress: bool = True,
+    generator: DefectGenerator | None = None,
 ) -> SynthReport:
     """Draw ``n`` synthetic defects on the good images of ``data_root/category/split/good``, in turn
     (image ``i`` on good ``i mod G``, from the seed ``(seed, i)``), and write the set (see the
     module's docstring). ``size``: resize each good to ``size`` x ``size`` first (default: as is).
-    Unreadable goods and textures are skipped and listed in the report."""
+    Unreadable goods and textures are skipped and listed in the report. With a ``generator``
+    (diffusion/generate.py) the defects are generated from real ones, at the model's size, and the
+    manifest lists the real defects it learned from (leave them out when evaluating on real ones)."""
     settings = settings or SynthesisSettings()
     if n < 1:
         raise SynthesisError(f"--n must be 1 or more, got {n}")
@@ -111,12 +117,16 @@ def write_synthetic_set(
             skipped.append(SkippedFile(str(path), err.reason))
             usable.remove(path)
             continue
+        if generator is not None:
+            size = generator.size
         if size is not None:
             image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
         index = report.written
         item_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
         foreground = foreground_mask(image, settings.foreground)
-        if settings.method == "paint":
+        if generator is not None:
+            out, mask, kind = generator.generate(image, item_seed, foreground)
+        elif settings.method == "paint":
             rng = np.random.default_rng(item_seed)
             donor_path = usable[(i + 1) % len(usable)]
             donor: npt.NDArray[np.uint8]
@@ -160,8 +170,13 @@ def write_synthetic_set(
             report.goods_copied += 1
     manifest = {
         "source": str(source),
-        "method": settings.method,
+        "method": "diffusion" if generator is not None else settings.method,
         "settings": asdict(settings),
+        "generation": (
+            {"params": generator.params.as_dict(), "seed_defects": [s.name for s in generator.seeds]}
+            if generator is not None
+            else None
+        ),
         "seed": seed,
         "size": size,
         "textures": str(textures_dir) if textures_dir is not None else None,

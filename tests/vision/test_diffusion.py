@@ -2,11 +2,13 @@
 diffusers' own DDIM step, the tiny pretrained autoencoder (TAEF2) round trip, a tiny denoiser that
 trains on the CPU with a falling loss, guided reconstruction that keeps a good part and removes a
 painted defect, the artifact round trip, and per-recipe LoRA adapters: trained on another recipe
-with the base frozen, swapped in and out without reloading, refused by another base."""
+with the base frozen, swapped in and out without reloading, refused by another base; and defects
+generated from a few real ones (AdaBLDM) that leave every pixel outside their exact mask alone."""
 
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +21,13 @@ from services.vision.artifact import ArtifactError, load_adapter, load_artifact,
 from services.vision.backbone import FeatureExtractor, build_feature_extractor
 from services.vision.destseg import DESTSEG_LAYERS
 from services.vision.diffusion.autoencoder import AutoencoderError, TinyAutoencoder
+from services.vision.diffusion.generate import (
+    DefectGenerator,
+    DefectSeed,
+    GenerationParams,
+    load_seeds,
+    trimap,
+)
 from services.vision.diffusion.lora import AdapterError, LoraSettings
 from services.vision.diffusion.model import (
     DiffusionModel,
@@ -30,7 +39,7 @@ from services.vision.diffusion.model import (
 )
 from services.vision.diffusion.train import DiffusionTraining, fit_adapter, fit_diffusion
 from services.vision.images import load_image
-from services.vision.synthesis import paint_defect
+from services.vision.synthesis import SynthesisError, foreground_mask, paint_defect
 from services.vision.train import TrainConfig, load_goods, train
 from tests.conftest import SHARED
 
@@ -313,3 +322,67 @@ def test_linewatch_trains_an_adapter_from_a_base_model_folder(
     common = ["train", "--data", str(synthetic_data), "--category", "synthetic", "--out", str(tmp_path / "m")]
     assert main([*common, "--base", str(tmp_path / "base")]) == 2
     assert "is a diffusion setting" in capsys.readouterr().err
+
+
+# --- defect generation by blended latent diffusion (diffusion/generate.py) ---
+
+
+@pytest.fixture(scope="module")
+def painted_seeds(goods: torch.Tensor) -> list[DefectSeed]:
+    """Stand-ins for real defects at the tiny model's size: patches painted on good parts."""
+    rng = np.random.default_rng(3)
+    seeds = []
+    for i in range(3):
+        image = goods[i].permute(1, 2, 0).numpy()
+        painted = paint_defect(image, goods[i + 5].permute(1, 2, 0).numpy(), rng, "patch")
+        seeds.append(DefectSeed(f"painted/{i}.png", painted.image, painted.mask.astype(bool)))
+    return seeds
+
+
+def test_generated_defects_change_only_the_pixels_of_their_exact_mask_on_the_part(
+    trained: tuple[DiffusionModel, DiffusionTraining], goods: torch.Tensor, painted_seeds: list[DefectSeed]
+) -> None:
+    generator = DefectGenerator(trained[0], painted_seeds, GenerationParams(ddim_steps=4, adapter_steps=0))
+    for i in range(6):
+        image = np.ascontiguousarray(goods[10 + i].permute(1, 2, 0).numpy())
+        foreground = foreground_mask(image, "auto")
+        out, mask, kind = generator.generate(image, i, foreground)
+        assert out.shape == image.shape and out.dtype == np.uint8 and kind.startswith("diffusion:painted/")
+        assert mask.any() and np.array_equal(out[~mask], image[~mask])  # bit for bit outside the mask
+        assert (mask & foreground).sum() >= 0.95 * mask.sum()  # on the part
+        assert np.abs(out[mask].astype(int) - image[mask].astype(int)).mean() > 5  # something was made
+        again, again_mask, _ = generator.generate(image, i, foreground)
+        assert np.array_equal(again, out) and np.array_equal(again_mask, mask)  # deterministic per seed
+    tri = trimap(mask, foreground)
+    assert set(np.unique(tri)) <= {0.0, 0.5, 1.0} and bool((tri[mask] == 1).all())
+
+
+def test_seed_defects_are_real_test_defects_and_at_most_ten(bottle_root: Path) -> None:
+    seeds = load_seeds(bottle_root, "bottle", 3, SIZE)
+    assert len(seeds) == 3 and len({s.name.split("/")[0] for s in seeds}) == 3  # spread over the types
+    assert all(s.image.shape == (SIZE, SIZE, 3) and s.mask.any() for s in seeds)
+    with pytest.raises(SynthesisError, match="1 to 10 real defect images"):
+        load_seeds(bottle_root, "bottle", 11, SIZE)
+
+
+def test_linewatch_synth_generates_an_mvtec_set_from_a_few_real_defects(
+    trained: tuple[DiffusionModel, DiffusionTraining],
+    bottle_root: Path,
+    destseg_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model_dir = save_diffusion(*trained, destseg_model_dir, tmp_path / "model")
+    out = tmp_path / "set"
+    common = ["synth", "--data", str(bottle_root), "--category", "bottle", "--out", str(out), "--n", "3"]
+    assert main([*common, "--method", "diffusion"]) == 2
+    assert "needs --model" in capsys.readouterr().err
+    assert main([*common, "--model", str(model_dir)]) == 2
+    assert main([*common, "--method", "diffusion", "--model", str(model_dir), "--seed-defects", "2",
+                 "--adapter-steps", "2", "--no-goods"]) == 0  # fmt: skip
+    manifest = json.loads((out / "bottle" / "synthetic.json").read_text())
+    assert manifest["method"] == "diffusion" and len(manifest["generation"]["seed_defects"]) == 2
+    assert [i["source"].split(":")[0] for i in manifest["images"]] == ["diffusion"] * 3
+    image = load_image(out / "bottle" / "test" / "synthetic" / "000.png")
+    mask = load_image(out / "bottle" / "ground_truth" / "synthetic" / "000_mask.png")
+    assert image.shape == (SIZE, SIZE, 3) and mask.shape[:2] == (SIZE, SIZE) and mask.max() == 255
