@@ -34,7 +34,14 @@ from services.vision.ensemble import (
     prescreen_level,
 )
 from services.vision.memory import release_free_memory
-from services.vision.train import TrainConfig, _batches, split_holdout, train, training_fingerprint
+from services.vision.train import (
+    TrainConfig,
+    _batches,
+    model_version,
+    split_holdout,
+    train,
+    training_fingerprint,
+)
 
 DETECTORS = ("patchcore", "spade", "destseg", "diffusion")
 STAGING = ".members-building"
@@ -182,7 +189,7 @@ def build_ensemble(config: TrainConfig) -> ModelCard:
     first = cards[0]
     card_fields = {
         "name": f"{config.category}-ensemble",
-        "version": created.replace("-", "").replace(":", "")[:15] + "-" + fingerprint[:8],
+        "version": model_version(created, fingerprint),
         "kind": "ensemble",
         "backbone": first.backbone,
         "layers": first.layers,

@@ -109,6 +109,11 @@ def training_fingerprint(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def model_version(created: str, fingerprint: str) -> str:
+    """A model's version: when it was made (to the second) and which data it learned."""
+    return created.replace("-", "").replace(":", "")[:15] + "-" + fingerprint[:8]
+
+
 def split_holdout(paths: list[Path], share: float, seed: int) -> tuple[list[Path], list[Path]]:
     if len(paths) < MIN_TRAIN_IMAGES:
         raise DatasetError(f"only {len(paths)} training images; need at least {MIN_TRAIN_IMAGES}")
@@ -435,7 +440,7 @@ def train(config: TrainConfig) -> ModelCard:
     created = now_iso()
     card_fields = {
         "name": f"{config.category}-{config.detector}",
-        "version": created.replace("-", "").replace(":", "")[:15] + "-" + fingerprint[:8],
+        "version": model_version(created, fingerprint),
         "kind": config.detector,
         "backbone": base[1].backbone if base is not None else config.backbone,
         "layers": layers,

@@ -48,6 +48,11 @@ def _chunks(images: torch.Tensor) -> list[torch.Tensor]:
     return list(images.split(CHUNK))
 
 
+def _encode(model: DiffusionModel, images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, 3, S, S) → the denoiser's latents, ``CHUNK`` at a time."""
+    return torch.cat([model.to_latent(c.float() / 255) for c in _chunks(images)])
+
+
 def _autocast(device: torch.device) -> Any:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -89,12 +94,12 @@ def fit_diffusion(
     if model.autoencoder is not None:
         model.autoencoder.requires_grad_(False).eval()
     with torch.inference_mode():
-        raw = torch.cat([model.to_latent(c.float() / 255) for c in _chunks(goods)])  # mean 0, std 1 yet
+        raw = _encode(model, goods)  # mean 0, std 1 yet
         mean, std = raw.mean(dim=(0, 2, 3)), raw.std(dim=(0, 2, 3)).clamp_min(1e-4)
         model.latent_mean.copy_(mean)
         model.latent_std.copy_(std)
         latents = (raw - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-        held = torch.cat([model.to_latent(c.float() / 255) for c in _chunks(held_out)])
+        held = _encode(model, held_out)
     info = train_denoiser(
         model,
         latents,
@@ -149,8 +154,8 @@ def fit_adapter(
         if "lora_" in name:
             trainable.append(parameter)
     with torch.inference_mode():  # in the base's latent space: adapters share it
-        latents = torch.cat([model.to_latent(c.float() / 255) for c in _chunks(goods)])
-        held = torch.cat([model.to_latent(c.float() / 255) for c in _chunks(held_out)])
+        latents = _encode(model, goods)
+        held = _encode(model, held_out)
     info = train_denoiser(
         model, latents, held, model.params, trainable, target, checkpoint_dir, progress, "LoRA adapter"
     )
