@@ -14,7 +14,7 @@ from schemas.process import PROCESS_SNAPSHOT_EXAMPLE, ProcessSnapshot
 SCORE_THRESHOLD = 0.5
 """Normalised scores at or above this are anomalous: the detector's threshold maps to 0.5."""
 
-Verdict = Literal["OK", "NG"]
+Verdict = Literal["OK", "REVIEW", "NG"]  # REVIEW: the model is unsure, a person decides
 
 INSPECTION_EXAMPLE: JsonDict = {
     "schema_version": 1,

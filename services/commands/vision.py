@@ -99,6 +99,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--target-fpr", type=float, default=0.01, help="false-alarm rate the threshold aims at"
     )
+    train.add_argument(
+        "--folds",
+        type=int,
+        default=5,
+        help="PatchCore: score every good image out of sample in this many folds and calibrate on all"
+        " of them (default 5); 0 holds --holdout of them out instead",
+    )
+    train.add_argument(
+        "--review-fpr",
+        type=float,
+        default=0.10,
+        help="the REVIEW band below the NG threshold: at most this share of good parts reach REVIEW or"
+        " NG (default 0.10); 0 = no band, OK/NG only",
+    )
     train.add_argument("--roi", type=int, nargs=4, metavar=("X", "Y", "W", "H"), help="inspect only this box")
     train.add_argument(
         "--device",
@@ -145,6 +159,27 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(handler=run_train)
+
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="re-set a model's NG threshold or REVIEW band from its card's scores, without retraining",
+        description="Reads the scores the card keeps (good images scored out of sample, synthetic"
+        " defects on them) and moves the thresholds: --target-fpr re-sets the NG threshold,"
+        " --review-fpr or --max-miss-rate the REVIEW band's lower edge. Prints the new estimates.",
+    )
+    calibrate.add_argument("--model", type=Path, required=True)
+    calibrate.add_argument("--target-fpr", type=float, help="the NG threshold's false-alarm rate")
+    band = calibrate.add_mutually_exclusive_group()
+    band.add_argument(
+        "--review-fpr", type=float, help="at most this share of good parts reach REVIEW or NG (0: no band)"
+    )
+    band.add_argument(
+        "--max-miss-rate",
+        type=float,
+        help="lower the REVIEW band until at most this share of (synthetic) defects is called OK",
+    )
+    calibrate.add_argument("--dry-run", action="store_true", help="print the estimates, change nothing")
+    calibrate.set_defaults(handler=run_calibrate)
 
     evaluate = sub.add_parser("evaluate", help="score a trained model on a labelled test set")
     evaluate.add_argument("--model", type=Path, required=True)
@@ -324,7 +359,14 @@ def run_train(args: argparse.Namespace) -> int:
         image_weights=tuple(args.image_weights) if args.image_weights else None,
         fusion=args.fusion,
         pass_share=args.pass_share if args.pass_share is not None else 1.0,
+        folds=args.folds,
+        review_fpr=args.review_fpr or None,
     )
+    if args.review_fpr and not args.target_fpr < args.review_fpr < 1:
+        print(
+            "linewatch train: error: --review-fpr lies between --target-fpr and 1 (or is 0)", file=sys.stderr
+        )
+        return 2
     try:
         card = train(config)
     except TrainingDiverged as err:
@@ -340,10 +382,16 @@ def run_train(args: argparse.Namespace) -> int:
 def _print_card(card: ModelCard, args: argparse.Namespace) -> None:
     info = card.training
     print(f"model {card.name} {card.version} written to {args.out}")
-    print(
-        f"  fitted on {info.n_fit} good images, calibrated on {info.n_holdout} held out,"
-        f" {info.fit_seconds:.1f} s"
-    )
+    if info.folds:
+        print(
+            f"  fitted on {info.n_fit} good images, calibrated on all of them scored out of sample"
+            f" in {info.folds} folds, {info.fit_seconds:.1f} s"
+        )
+    else:
+        print(
+            f"  fitted on {info.n_fit} good images, calibrated on {info.n_holdout} held out,"
+            f" {info.fit_seconds:.1f} s"
+        )
     chosen = info.position_choice
     if chosen is not None and "skipped" in chosen:
         print(f"  position weight 0: {chosen['skipped']}")
@@ -351,12 +399,15 @@ def _print_card(card: ModelCard, args: argparse.Namespace) -> None:
         print(
             f"  position weight {chosen['position_weight']}, image top share"
             f" {chosen['image_top_share']:.1%},"
-            f" chosen on {chosen['n_good']} held-out good images and {chosen['n_painted']} painted copies"
+            f" chosen on {chosen['n_good']} {'out-of-fold' if info.folds else 'held-out'} good images"
+            f" and {chosen['n_painted']} painted copies"
         )
     if info.position_images is not None:
         folded = info.position_images > info.n_fit
         how = "the held-out ones added once calibrated" if folded else "the held-out ones kept unseen"
-        print(f"  position statistics on {info.position_images} good images ({how})")
+        print(
+            f"  position statistics on {info.position_images} good images{'' if info.folds else f' ({how})'}"
+        )
     if info.destseg is not None:
         for stage in ("student", "segmentation"):
             result = info.destseg[stage]
@@ -387,10 +438,75 @@ def _print_card(card: ModelCard, args: argparse.Namespace) -> None:
             f" {info.ensemble['held_out_passed']} of {info.ensemble['held_out']} held-out good images"
             f" went past the pre-screen (pass share {card.params['pass_share']:.0%})"
         )
-    cal = card.image_calibration
-    print(f"  image threshold {cal.threshold:.4f} ({cal.method}, target FPR {cal.target_fpr:.1%})")
+    print_operating_point(card)
     for skipped in info.skipped:
         print(f"  skipped {skipped['path']}: {skipped['reason']}")
+
+
+def print_operating_point(card: ModelCard) -> None:
+    """The thresholds, the REVIEW band and the rates they are estimated to give."""
+    from services.vision.operating import describe
+
+    cal = card.image_calibration
+    print(
+        f"  NG threshold {cal.threshold:.4f} ({cal.method} on {cal.n_scores} scores,"
+        f" target FPR {cal.target_fpr:.1%})"
+    )
+    band = card.review
+    if band is not None and band.method != "off":
+        how = f"review FPR {band.review_fpr:.1%}" if band.review_fpr else band.method
+        print(f"  REVIEW from {band.threshold:.4f} ({how})")
+    else:
+        print("  no REVIEW band: OK / NG only")
+    print(f"  {describe(card.operating, cal.threshold, band)}")
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from services.vision.artifact import ArtifactError, read_card, write_card
+    from services.vision.calibration import fit_threshold
+    from services.vision.operating import ReviewBand, review_band
+
+    try:
+        card = read_card(args.model)
+    except ArtifactError as err:
+        print(f"linewatch calibrate: error: {err}", file=sys.stderr)
+        return 2
+    curve = card.operating
+    if curve is None:
+        print(
+            f"linewatch calibrate: error: {args.model} keeps no operating curve (trained before there was"
+            " one); retrain it",
+            file=sys.stderr,
+        )
+        return 2
+    cal, band = card.image_calibration, card.review
+    goods = np.asarray(curve.good_scores)
+    try:
+        if args.target_fpr is not None:
+            fitted = fit_threshold(goods, args.target_fpr, cal.confidence)
+            cal = cal.model_copy(
+                update={"threshold": fitted.threshold, "method": fitted.method, "target_fpr": args.target_fpr}
+            )
+        if args.review_fpr is not None:
+            if args.review_fpr and not cal.target_fpr < args.review_fpr < 1:
+                raise ValueError("--review-fpr lies between the target FPR and 1 (or is 0)")
+            band = review_band(goods, cal.threshold, args.review_fpr or None, cal.confidence)
+        elif args.max_miss_rate is not None:
+            edge = min(curve.threshold_for_miss_rate(args.max_miss_rate), cal.threshold)
+            band = ReviewBand(threshold=edge, review_fpr=None, method="miss-rate")
+        elif band is not None and band.threshold > cal.threshold:  # the NG threshold came down past it
+            band = band.model_copy(update={"threshold": cal.threshold})
+    except ValueError as err:
+        print(f"linewatch calibrate: error: {err}", file=sys.stderr)
+        return 2
+    card = card.model_copy(update={"image_calibration": cal, "review": band})
+    if not args.dry_run:
+        write_card(card, args.model)
+    print(f"{card.name} {card.version}: {'would set' if args.dry_run else 'set'}")
+    print_operating_point(card)
+    return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

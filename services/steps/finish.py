@@ -78,7 +78,7 @@ def build_inspection(
         model_version=detected.model_version,
         score_raw=prediction.score_raw,
         score=float(np.clip(prediction.score, 0.0, 1.0)),
-        verdict="NG" if prediction.verdict == "NG" else "OK",
+        verdict=prediction.verdict,  # type: ignore[arg-type]  # OK, REVIEW or NG
         defects=defects,
         image=frame.image,
         heatmap=heatmap,

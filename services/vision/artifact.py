@@ -30,6 +30,7 @@ from services.vision.defects import DefectRules
 from services.vision.destseg import DestsegModel, DestsegParams, build_destseg
 from services.vision.diffusion.model import DiffusionModel, DiffusionParams
 from services.vision.ensemble import MEMBERS_DIR, EnsembleModel, EnsembleParams
+from services.vision.operating import OperatingCurve, ReviewBand
 from services.vision.patchcore import PatchCoreModel, PatchCoreParams
 from services.vision.spade import SpadeModel, SpadeParams
 
@@ -80,6 +81,9 @@ class TrainingInfo(BaseModel):
     # ensemble: its members (kind, version, weights' sha256, fit time) and how many held-out good
     # images went past the pre-screen
     ensemble: dict[str, Any] | None = None
+    # cross-fitting (PatchCore): the folds every good image was scored out of sample in; then
+    # n_fit is every usable image and n_holdout 0 (services/vision/crossfit.py)
+    folds: int | None = None
 
 
 class ModelCard(BaseModel):
@@ -98,6 +102,10 @@ class ModelCard(BaseModel):
     image_calibration: Calibration
     pixel_calibration: Calibration
     defect_rules: DefectRules = DefectRules()
+    # the REVIEW band below the NG threshold, and the scores the thresholds were set on with the
+    # estimated rates they imply (services/vision/operating.py); None on cards from before them
+    review: ReviewBand | None = None
+    operating: OperatingCurve | None = None
     training: TrainingInfo
     versions: dict[str, str]
     tensors: dict[str, list[int]]
@@ -215,10 +223,15 @@ def save_artifact(model: nn.Module, card_fields: dict[str, Any], out_dir: Path) 
         tensors={k: list(v.shape) for k, v in tensors.items()},
         weights_sha256=file_sha256(out_dir / WEIGHTS_FILE),
     )
-    card_tmp = out_dir / f".{CARD_FILE}.tmp"
-    card_tmp.write_text(card.model_dump_json(indent=2) + "\n")
-    os.replace(card_tmp, out_dir / CARD_FILE)
+    write_card(card, out_dir)
     return card
+
+
+def write_card(card: ModelCard, model_dir: Path) -> None:
+    """Write ``card.json`` atomically (e.g. thresholds re-set by ``linewatch calibrate``)."""
+    card_tmp = Path(model_dir) / f".{CARD_FILE}.tmp"
+    card_tmp.write_text(card.model_dump_json(indent=2) + "\n")
+    os.replace(card_tmp, Path(model_dir) / CARD_FILE)
 
 
 def read_card(model_dir: Path) -> ModelCard:

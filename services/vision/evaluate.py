@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
+from services.vision.artifact import ModelCard
 from services.vision.dataset import SkippedFile, TestSample, list_test_samples, resize_mask
 from services.vision.images import ImageError, load_image, load_mask
 from services.vision.inspector import Inspector
@@ -127,6 +128,29 @@ def score_test_set(
     )
 
 
+def verdict_rates(card: ModelCard, scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The three verdicts on a labelled test set: good parts called NG (``fpr``, as the metrics give
+    it) and sent to REVIEW, defective parts called OK (``miss_rate``: with a REVIEW band, fewer than
+    ``fnr``, which counts every defective part below the NG threshold) and sent to REVIEW; and the
+    card's estimated miss rate at the same point, for comparison."""
+    from services.vision.operating import estimates
+
+    ng = card.image_calibration.threshold
+    review = card.review.threshold if card.review is not None else ng
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    share = lambda mask, of: float(mask[of].mean()) if of.any() else math.nan  # noqa: E731
+    out = {
+        "good_review_share": share((s >= review) & (s < ng), ~y),
+        "miss_rate": share(s < review, y),
+        "defect_review_share": share((s >= review) & (s < ng), y),
+        "review_share": float(((s >= review) & (s < ng)).mean()) if s.size else math.nan,
+    }
+    if card.operating is not None:
+        out["estimated_miss_rate"] = estimates(card.operating, ng, card.review)["miss_rate"]
+        out["estimated_false_alarm_rate"] = estimates(card.operating, ng, card.review)["false_alarm_rate"]
+    return out
+
+
 def evaluate(
     inspector: Inspector, data_root: Path, category: str, batch_size: int = 8, progress: bool = True
 ) -> EvaluationReport:
@@ -138,6 +162,7 @@ def evaluate(
         scored.masks,
         threshold=inspector.card.image_calibration.threshold,
     )
+    metrics.update(verdict_rates(inspector.card, scored.scores, scored.labels))
     n_images = len(scored.labels)
     return EvaluationReport(
         metrics=metrics,

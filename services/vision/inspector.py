@@ -24,7 +24,7 @@ from services.vision.defects import DefectRegion, find_defects
 class Prediction:
     score_raw: float
     score: float  # normalised: the calibrated threshold sits at 0.5
-    verdict: str  # "OK" or "NG"
+    verdict: str  # "OK", "REVIEW" (the model is unsure: a person decides) or "NG"
     anomaly_map: np.ndarray = field(repr=False)  # (S, S) normalised pixel scores, float32
     defects: list[DefectRegion]
     embedding: np.ndarray = field(repr=False)  # (D,) float32, for clustering
@@ -88,13 +88,20 @@ class Inspector:
                 Prediction(
                     score_raw=float(raw.scores[i]),
                     score=score,
-                    verdict="NG" if score >= 0.5 else "OK",
+                    verdict=self.verdict(float(raw.scores[i]), score),
                     anomaly_map=pixel_map,
                     defects=defects,
                     embedding=raw.embeddings[i],
                 )
             )
         return predictions
+
+    def verdict(self, raw_score: float, score: float) -> str:
+        """NG at the calibrated threshold (``score`` 0.5), REVIEW in the card's band below it, else OK."""
+        if score >= 0.5:
+            return "NG"
+        band = self.card.review
+        return "REVIEW" if band is not None and band.method != "off" and raw_score >= band.threshold else "OK"
 
     def predict(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[Prediction]:
         """Inspect decoded RGB frames, ``batch_size`` at a time."""

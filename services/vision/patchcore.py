@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -120,6 +120,25 @@ class PatchCoreModel(nn.Module):
             else torch.empty(0)
         )
         return distances.view(batch, n_patches), positions, grid
+
+    def fold_scores(
+        self, images: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """What :meth:`component_scores` returns and, third, the image scores the model gives without
+        positions (PatchCore's re-weighted maximum): everything cross-fitting needs of an image
+        before the position weight is chosen."""
+        feature_maps = self.extractor(images)
+        patches, grid = self._embed_maps(feature_maps)
+        batch, n_patches, dim = patches.shape
+        distances, where = self._nearest(patches.reshape(-1, dim))
+        patch_scores = distances.view(batch, n_patches)
+        plain = self._image_scores(patches, patch_scores, where.view(batch, n_patches))
+        positions = (
+            position_distances(position_features(feature_maps), self.position_mean, self.position_precision)
+            if self.position_mean.numel()
+            else torch.empty(0)
+        )
+        return patch_scores, positions, plain, grid
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Image scores (B,) and anomaly maps (B, S, S), both raw distances, and embeddings (B, D):
@@ -274,16 +293,38 @@ class PositionStatistics:
     their upper triangles are kept, packed: C(C+1)/2 numbers per position instead of C² (34 instead
     of 64 MB for 32x32 positions of 128 channels, held through the whole feature pass of a fit)."""
 
-    def __init__(self, chunk: int = 128) -> None:
+    def __init__(self, chunk: int = 128, shift: torch.Tensor | None = None) -> None:
         self.count = 0
         self.chunk = chunk  # positions whose full outer products are made at a time
         self.shift = self.total = self.outer = self.upper = torch.empty(0)
+        self.fixed_shift = shift  # statistics to be merged later share one shift (see merged())
+
+    @classmethod
+    def merged(cls, parts: Sequence[PositionStatistics]) -> PositionStatistics:
+        """The statistics of all the images of ``parts`` together (made with one shift); the parts
+        are left as they were."""
+        filled = [part for part in parts if part.count]
+        if not filled:
+            raise ValueError("no images in the position statistics to merge")
+        first = filled[0]
+        if any(part.shift is not first.shift and not torch.equal(part.shift, first.shift) for part in filled):
+            raise ValueError("position statistics made with different shifts cannot be merged")
+        if any(not part.outer.numel() for part in filled):
+            raise ValueError("these position statistics were consumed by an earlier estimate")
+        merged = cls(first.chunk, first.shift)
+        merged.shift, merged.upper = first.shift, first.upper
+        merged.total = torch.stack([part.total for part in filled]).sum(dim=0)
+        merged.outer = first.outer.clone()
+        for part in filled[1:]:
+            merged.outer += part.outer
+        merged.count = sum(part.count for part in filled)
+        return merged
 
     def add(self, features: torch.Tensor) -> None:
         if self.count and not self.outer.numel():
             raise ValueError("these position statistics were consumed by an earlier estimate")
         if self.count == 0:
-            self.shift = features.mean(dim=0)
+            self.shift = features.mean(dim=0) if self.fixed_shift is None else self.fixed_shift
             positions, channels = self.shift.shape
             rows, cols = torch.triu_indices(channels, channels)
             self.upper = rows * channels + cols  # flat indices of the upper triangle
@@ -360,6 +401,97 @@ def balanced_layer_weights(channels: list[int]) -> tuple[float, ...]:
     return tuple(round(math.sqrt(smallest / count), 4) for count in channels)
 
 
+@dataclass
+class CandidatePool:
+    """The patches a memory bank is chosen from (float16), their coreset guide (float32, projected),
+    and the group each came from (the cross-fitting fold of its image; 0 when there are none), so
+    that banks can be chosen from all of them or with one group left out."""
+
+    candidates: torch.Tensor  # (N, D) float16
+    guide: torch.Tensor  # (N, guide_dim) float32
+    groups: torch.Tensor  # (N,) int16
+    params: PatchCoreParams  # with the balanced layer weights filled in
+    projection: torch.Tensor | None
+
+    def bank(self, leave_out: int | None = None, progress: bool = True) -> torch.Tensor:
+        """A coreset of the pool's candidates (of those outside group ``leave_out`` when given):
+        ``coreset_ratio`` of them, float32."""
+        rows = (
+            torch.arange(len(self.groups))
+            if leave_out is None
+            else (self.groups != leave_out).nonzero()[:, 0]
+        )
+        if not len(rows):
+            raise ValueError(f"no candidate patches outside group {leave_out}")
+        n_select = max(1, round(self.params.coreset_ratio * len(rows)))
+        guide = self.guide if leave_out is None else self.guide[rows]
+        chosen = greedy_coreset(guide, n_select, None, self.params.seed, progress)
+        return self.candidates[rows[chosen]].float()
+
+
+def gather_candidates(
+    extractor: FeatureExtractor,
+    batches: Iterable[tuple[torch.Tensor, Sequence[int]]],
+    n_images: int,
+    image_size: int,
+    params: PatchCoreParams,
+    on_features: Callable[[torch.Tensor, Sequence[int]], None] | None = None,
+) -> CandidatePool:
+    """One pass over batches of good images (normalised tensors, each with its images' groups):
+    at most ``max_candidates / n_images`` random patches of every image into the pool, and each
+    batch's position features (:func:`position_features`) to ``on_features`` with the groups."""
+    generator = torch.Generator().manual_seed(params.seed)
+    batch_iter = iter(batches)
+    first = next(batch_iter, None)
+    if first is None:
+        raise ValueError("no training images could be used to build the memory bank")
+    if params.layer_weights is None:
+        with torch.inference_mode():
+            channels = [fmap.shape[1] for fmap in extractor(first[0][:1])]
+        params = replace(params, layer_weights=balanced_layer_weights(channels))
+    probe = PatchCoreModel(extractor, torch.zeros(1, 1), image_size, params)
+    projection: torch.Tensor | None = None
+    guide_projection: torch.Tensor | None = None
+    candidates = guide = groups = torch.empty(0)
+    filled = 0
+    with torch.inference_mode():
+        for images, image_groups in itertools.chain([first], batch_iter):
+            feature_maps = probe.extractor(images)
+            if on_features is not None:
+                on_features(position_features(feature_maps), image_groups)
+            patches, _ = probe._embed_maps(feature_maps)
+            del feature_maps
+            _, n_patches, dim = patches.shape
+            if filled == 0:
+                if params.projection_dim and dim > params.projection_dim:
+                    projection = random_projection(dim, params.projection_dim, params.seed)
+                    dim = params.projection_dim
+                guide_dim = min(dim, params.coreset_projection_dim)
+                guide_projection = (
+                    random_projection(dim, guide_dim, params.seed + 1) if guide_dim < dim else None
+                )
+                per_image = max(1, min(n_patches, params.max_candidates // max(n_images, 1)))
+                candidates = torch.empty(n_images * per_image, dim, dtype=torch.float16)
+                guide = torch.empty(n_images * per_image, guide_dim)
+                groups = torch.empty(n_images * per_image, dtype=torch.int16)
+            if projection is not None:
+                patches = patches @ projection
+            for image_patches, group in zip(patches, image_groups, strict=True):
+                if filled + per_image > candidates.shape[0]:
+                    raise ValueError(f"more than the announced {n_images} images were given")
+                if per_image < n_patches:
+                    image_patches = image_patches[torch.randperm(n_patches, generator=generator)[:per_image]]
+                candidates[filled : filled + per_image] = image_patches
+                guide[filled : filled + per_image] = (
+                    image_patches @ guide_projection if guide_projection is not None else image_patches
+                )
+                groups[filled : filled + per_image] = int(group)
+                filled += per_image
+    if filled == 0:
+        raise ValueError("no training images could be used to build the memory bank")
+    return CandidatePool(candidates[:filled], guide[:filled], groups[:filled], params, projection)
+
+
 def fit_patchcore(
     extractor: FeatureExtractor,
     batches: Iterable[torch.Tensor],
@@ -378,63 +510,23 @@ def fit_patchcore(
     ``max_candidates / n_images`` random patches, kept in float16, plus a float32 copy projected to
     ``coreset_projection_dim`` dimensions that guides the coreset selection.
     """
-    generator = torch.Generator().manual_seed(params.seed)
-    batch_iter = iter(batches)
-    first = next(batch_iter, None)
-    if first is None:
-        raise ValueError("no training images could be used to build the memory bank")
-    if params.layer_weights is None:
-        with torch.inference_mode():
-            channels = [fmap.shape[1] for fmap in extractor(first[:1])]
-        params = replace(params, layer_weights=balanced_layer_weights(channels))
-    probe = PatchCoreModel(extractor, torch.zeros(1, 1), image_size, params)
-    projection: torch.Tensor | None = None
-    guide_projection: torch.Tensor | None = None
-    candidates = guide = torch.empty(0)
     keep_statistics = statistics is not None
     if params.position_weight <= 0:
         statistics = None
     elif statistics is None:
         statistics = PositionStatistics()
-    filled = 0
-    with torch.inference_mode():
-        for images in itertools.chain([first], batch_iter):
-            feature_maps = probe.extractor(images)
-            if statistics is not None:
-                statistics.add(position_features(feature_maps))
-            patches, _ = probe._embed_maps(feature_maps)
-            del feature_maps
-            _, n_patches, dim = patches.shape
-            if filled == 0:
-                if params.projection_dim and dim > params.projection_dim:
-                    projection = random_projection(dim, params.projection_dim, params.seed)
-                    dim = params.projection_dim
-                guide_dim = min(dim, params.coreset_projection_dim)
-                guide_projection = (
-                    random_projection(dim, guide_dim, params.seed + 1) if guide_dim < dim else None
-                )
-                per_image = max(1, min(n_patches, params.max_candidates // max(n_images, 1)))
-                candidates = torch.empty(n_images * per_image, dim, dtype=torch.float16)
-                guide = torch.empty(n_images * per_image, guide_dim)
-            if projection is not None:
-                patches = patches @ projection
-            for image_patches in patches:
-                if filled + per_image > candidates.shape[0]:
-                    raise ValueError(f"more than the announced {n_images} images were given")
-                if per_image < n_patches:
-                    image_patches = image_patches[torch.randperm(n_patches, generator=generator)[:per_image]]
-                candidates[filled : filled + per_image] = image_patches
-                guide[filled : filled + per_image] = (
-                    image_patches @ guide_projection if guide_projection is not None else image_patches
-                )
-                filled += per_image
-    if filled == 0:
-        raise ValueError("no training images could be used to build the memory bank")
-    n_select = max(1, round(params.coreset_ratio * filled))
-    chosen = greedy_coreset(guide[:filled], n_select, None, params.seed, progress)
-    del guide
-    bank = candidates[chosen].float()
-    del candidates
+    collect = statistics.add if statistics is not None else None
+    pool = gather_candidates(
+        extractor,
+        ((images, [0] * len(images)) for images in batches),
+        n_images,
+        image_size,
+        params,
+        (lambda features, _groups: collect(features)) if collect is not None else None,
+    )
+    bank = pool.bank(progress=progress)
+    params, projection = pool.params, pool.projection
+    del pool
     release_free_memory()  # the candidate pool's pages, before the statistics are inverted
     if statistics is None:
         return PatchCoreModel(extractor, bank, image_size, params, projection)

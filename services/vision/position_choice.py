@@ -101,9 +101,25 @@ def choose_blend(
             position.append(position_scores)
             release_free_memory()  # each batch's features (see memory.py)
             masks.append(_pool(torch.from_numpy(np.stack([mask for _, mask in batch])).float()) > 0)
-        patch_all, position_all = torch.cat(patch), torch.cat(position)
-        pooled_masks = torch.cat(masks).numpy()
-        labels = np.array([0] * len(goods) + [1] * (total - len(goods)))
+        return rate_blends(
+            model, torch.cat(patch), torch.cat(position), torch.cat(masks).numpy(), len(goods), grid
+        )
+
+
+def rate_blends(
+    model: PatchCoreModel,
+    patch_all: torch.Tensor,
+    position_all: torch.Tensor,
+    pooled_masks: npt.NDArray[np.bool_],
+    n_goods: int,
+    grid: tuple[int, int],
+) -> BlendChoice:
+    """Rate every candidate blend on images already scored: ``n_goods`` good images first, then the
+    copies with synthetic defects, their patch and position distances (N, h*w) and their masks
+    pooled to ``METRIC_SIDE``; ``model`` gives the score spreads, the blend and the map's size."""
+    total = len(patch_all)
+    labels = np.array([0] * n_goods + [1] * (total - n_goods))
+    with torch.inference_mode():
         table = []
         for weight in WEIGHTS:
             blended = blend_scores(patch_all, position_all, model.score_norm, weight, model.params.blend)
@@ -124,4 +140,4 @@ def choose_blend(
                     | {"pro": pro, "mean": mean}
                 )
     best = max(table, key=lambda row: (row["mean"], -row["weight"]))  # ties: the smaller weight
-    return BlendChoice(best["weight"], best["top_share"], len(goods), total - len(goods), table)
+    return BlendChoice(best["weight"], best["top_share"], n_goods, total - n_goods, table)

@@ -21,6 +21,13 @@ from tqdm import tqdm
 from services.vision.artifact import ModelCard, TrainingInfo, now_iso, params_dict, save_artifact
 from services.vision.backbone import FeatureExtractor, build_feature_extractor, default_layers
 from services.vision.calibration import fit_threshold
+from services.vision.crossfit import (
+    DEFAULT_FOLDS,
+    OutOfFold,
+    choice_subset,
+    crossfit_patchcore,
+    out_of_fold_scores,
+)
 from services.vision.dataset import (
     DatasetError,
     LoadedBatch,
@@ -28,6 +35,7 @@ from services.vision.dataset import (
     SkippedFile,
     iter_batches,
     list_train_images,
+    preprocess,
     resize_for_model,
 )
 from services.vision.defects import DefectRules
@@ -35,8 +43,9 @@ from services.vision.destseg import DESTSEG_LAYERS, DestsegParams, fit_destseg
 from services.vision.diffusion.model import DiffusionParams
 from services.vision.images import ImageError, load_image
 from services.vision.memory import release_free_memory
+from services.vision.operating import DEFAULT_REVIEW_FPR, OperatingCurve, review_band
 from services.vision.patchcore import PatchCoreModel, PatchCoreParams, PositionStatistics, fit_patchcore
-from services.vision.position_choice import choose_blend
+from services.vision.position_choice import METRIC_SIDE, choose_blend, rate_blends, validation_image
 from services.vision.spade import SpadeParams, fit_spade
 from services.vision.synthesis import Synthesiser, SynthesisSettings, foreground_mask, load_textures
 
@@ -98,6 +107,11 @@ class TrainConfig:
     # PatchCore: add the held-out images to the per-position statistics once calibrated (False for
     # an ensemble's member: the ensemble calibrates on the same images and needs them unseen)
     fold_holdout: bool = True
+    # PatchCore: score every good image out of sample in this many folds and calibrate on all of
+    # them (services/vision/crossfit.py); 0 or 1 holds ``holdout`` of them out instead
+    folds: int = DEFAULT_FOLDS
+    # the REVIEW band: at most this share of good parts reach REVIEW or NG (None or 0: no band)
+    review_fpr: float | None = DEFAULT_REVIEW_FPR
 
 
 def training_fingerprint(paths: list[Path]) -> str:
@@ -319,6 +333,52 @@ def train_adapter(
     return adapted, info.as_dict() | {"base": str(config.base), "base_version": card.version}
 
 
+CHOICE_GOODS = 180
+"""Cross-fitted ``auto`` rates its candidates on at most this many good images (evenly spaced) and a
+painted copy of each: as many images as 120 held-out goods with two copies each."""
+
+
+def choose_out_of_fold(model: PatchCoreModel, oof: OutOfFold) -> dict[str, Any]:
+    """``--position-weight auto`` on out-of-fold scores: the choice made on good images and painted
+    copies that no fold model saw, set on ``model`` (positions dropped when it is 0)."""
+    picks = choice_subset(oof, CHOICE_GOODS)
+    patch = torch.cat([oof.patch[picks], oof.painted_patch[picks]])
+    position = torch.cat([oof.position[picks], oof.painted_position[picks]])
+    masks = np.concatenate([np.zeros((len(picks), METRIC_SIDE, METRIC_SIDE), bool), oof.painted_masks[picks]])
+    choice = rate_blends(model, patch, position, masks, len(picks), oof.grid)
+    model.params = replace(
+        model.params, position_weight=choice.position_weight, image_top_share=choice.image_top_share
+    )
+    if choice.position_weight == 0:
+        model.position_mean, model.position_precision = torch.empty(0), torch.empty(0)
+    return asdict(choice)
+
+
+def painted_scores(model: torch.nn.Module, holdout_paths: list[Path], config: TrainConfig) -> np.ndarray:
+    """Image scores of a painted copy of each held-out good image (its donor texture another held-out
+    image), for the miss-rate side of the operating curve."""
+    goods = []
+    for path in holdout_paths:
+        try:
+            goods.append(resize_for_model(load_image(path), config.image_size, config.roi))
+        except ImageError:  # listed by the calibration pass
+            continue
+    if len(goods) < 2:
+        return np.empty(0)
+    scores = []
+    copies = range(len(goods), 2 * len(goods))  # validation_image's first painted copy of each
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(goods), config.batch_size), desc="painted copies", unit="batch",
+                          disable=not config.progress):  # fmt: skip
+            batch = [
+                validation_image(goods, i, config.seed)[0] for i in copies[start : start + config.batch_size]
+            ]
+            images = torch.stack([preprocess(image, config.image_size) for image in batch])
+            scores.append(model(images)[0].numpy())
+            release_free_memory()
+    return np.concatenate(scores)
+
+
 def train(config: TrainConfig) -> ModelCard:
     """Fit, calibrate and save a detector; returns its card. Unusable images are skipped and listed."""
     if config.detector == "ensemble":
@@ -329,7 +389,13 @@ def train(config: TrainConfig) -> ModelCard:
         raise ValueError(f"the position weight is a PatchCore setting, not one of {config.detector}")
     started = time.perf_counter()
     paths = list_train_images(config.data_root, config.category)
-    fit_paths, holdout_paths = split_holdout(paths, config.holdout, config.seed)
+    crossfit = config.detector == "patchcore" and config.folds >= 2 and config.fold_holdout
+    if crossfit:
+        fit_paths, holdout_paths = list(paths), list[Path]()
+        if len(paths) < MIN_TRAIN_IMAGES:
+            raise DatasetError(f"only {len(paths)} training images; need at least {MIN_TRAIN_IMAGES}")
+    else:
+        fit_paths, holdout_paths = split_holdout(paths, config.holdout, config.seed)
     if (
         config.detector in ("destseg", "diffusion")
         and not config.layers
@@ -358,15 +424,51 @@ def train(config: TrainConfig) -> ModelCard:
     position_choice: dict[str, Any] | None = None
     held: HeldOutScores | None = None  # the held-out images' distances, where the model has positions
     # the per-position sums, kept after the fit so that the held-out images join them once calibrated
-    statistics = PositionStatistics() if config.detector == "patchcore" else None
-    if auto and len(holdout_paths) < MIN_AUTO_HOLDOUT:
+    statistics = PositionStatistics() if config.detector == "patchcore" and not crossfit else None
+    position_images: int | None = None
+    rated = len(paths) if crossfit else len(holdout_paths)  # good images the choice is made on
+    if auto and rated < MIN_AUTO_HOLDOUT:
         auto = False
+        what = "good images" if crossfit else "held-out good images"
         position_choice = {
             "position_weight": 0.0,
-            "skipped": f"only {len(holdout_paths)} held-out good images; choosing the position weight"
+            "skipped": f"only {rated} {what}; choosing the position weight"
             f" needs {MIN_AUTO_HOLDOUT}, so plain PatchCore is kept",
         }
-    if config.detector == "patchcore":
+    curve: OperatingCurve | None = None
+    calibration_scores: tuple[np.ndarray, np.ndarray] | None = None  # image scores, map maxima
+    if crossfit:
+        fixed = 0.0 if config.position_weight == "auto" else float(config.position_weight)
+        params = PatchCoreParams(
+            coreset_ratio=config.coreset_ratio,
+            layer_weights=config.layer_weights,
+            position_weight=AUTO_FIT_WEIGHT if auto else fixed,
+            seed=config.seed,
+        )
+        patchcore, oof, all_statistics = crossfit_patchcore(
+            extractor, paths, config.image_size, params, config.folds, config.roi, config.batch_size,
+            skipped, config.progress,
+        )  # fmt: skip
+        patchcore.score_norm.copy_(oof.spreads())
+        if all_statistics is not None:
+            mean, precision = all_statistics.precision(params.position_eps)
+            patchcore.position_mean, patchcore.position_precision = mean.float(), precision.half()
+            position_images = all_statistics.count
+            all_statistics = None
+        if auto:
+            position_choice = choose_out_of_fold(patchcore, oof)
+        if not patchcore.uses_positions:
+            position_images = None
+        goods_image, goods_max, painted_image = out_of_fold_scores(patchcore, oof)
+        calibration_scores = (goods_image, goods_max)
+        curve = OperatingCurve(
+            goods="cross-fitted",
+            defects="painted",
+            good_scores=goods_image.tolist(),
+            defect_scores=painted_image.tolist(),
+        )
+        model, params = patchcore, patchcore.params
+    elif config.detector == "patchcore":
         fixed = 0.0 if config.position_weight == "auto" else float(config.position_weight)
         params = PatchCoreParams(
             coreset_ratio=config.coreset_ratio,
@@ -408,7 +510,9 @@ def train(config: TrainConfig) -> ModelCard:
     release_free_memory()
     image_scores, map_maxima = [], []
     with torch.inference_mode():
-        if held is not None and isinstance(model, PatchCoreModel) and model.uses_positions:
+        if calibration_scores is not None:
+            image_scores, map_maxima = [calibration_scores[0]], [calibration_scores[1]]
+        elif held is not None and isinstance(model, PatchCoreModel) and model.uses_positions:
             for start in range(0, len(held.paths), config.batch_size):
                 part = slice(start, start + config.batch_size)
                 scores, maps, _ = model.blended_scores(held.patch[part], held.position[part], held.grid)
@@ -422,10 +526,20 @@ def train(config: TrainConfig) -> ModelCard:
                 map_maxima.append(maps.amax(dim=(1, 2)).numpy())
     if not image_scores:
         raise DatasetError("no held-out image could be decoded, cannot calibrate")
-    image_calibration = fit_threshold(np.concatenate(image_scores), config.target_fpr, config.confidence)
+    good_scores = np.concatenate(image_scores)
+    image_calibration = fit_threshold(good_scores, config.target_fpr, config.confidence)
     pixel_calibration = fit_threshold(np.concatenate(map_maxima), config.target_fpr, config.confidence)
-    position_images = None
-    if isinstance(model, PatchCoreModel) and model.uses_positions and not config.fold_holdout:
+    if curve is None:
+        curve = OperatingCurve(
+            goods="held-out",
+            defects="painted",
+            good_scores=good_scores.tolist(),
+            defect_scores=painted_scores(model, holdout_paths, config).tolist(),
+        )
+    band = review_band(good_scores, image_calibration.threshold, config.review_fpr, config.confidence)
+    if crossfit:
+        pass  # the position statistics hold every image already
+    elif isinstance(model, PatchCoreModel) and model.uses_positions and not config.fold_holdout:
         position_images = len(fit_paths) - len([s for s in skipped if Path(s.path) in set(fit_paths)])
     elif isinstance(model, PatchCoreModel) and model.uses_positions and statistics is not None:
         # Calibrated, the held-out images join the Gaussians (as PaDiM fits on every good image).
@@ -451,6 +565,8 @@ def train(config: TrainConfig) -> ModelCard:
         "image_calibration": image_calibration,
         "pixel_calibration": pixel_calibration,
         "defect_rules": config.defect_rules,
+        "review": band,
+        "operating": curve,
         "training": TrainingInfo(
             data_root=str(config.data_root),
             category=config.category,
@@ -465,6 +581,7 @@ def train(config: TrainConfig) -> ModelCard:
             position_images=position_images,
             destseg=destseg_info,
             diffusion=diffusion_info,
+            folds=config.folds if crossfit else None,
         ),
     }
     release_free_memory()
