@@ -73,6 +73,12 @@ def check_member(
             f"member {name} was trained on other images than {config.data_root}/{config.category}"
             " holds now; retrain it on this data"
         )
+    if card.training.folds:
+        raise ValueError(
+            f"member {name} was cross-fitted on every good image ({card.training.folds} folds), so the"
+            " ensemble cannot calibrate on images it has not seen: train it with --folds 0"
+            " --holdout-unseen, or name it (patchcore) in --members to train it here"
+        )
     images = card.training.position_images
     if card.kind == "patchcore" and images is not None and images > card.training.n_fit:
         raise ValueError(

@@ -100,13 +100,21 @@ def test_train_evaluate_predict_round_trip(
     assert code == 0
     assert "skipped" in out and "zz_truncated.png" in out
     card = json.loads((model / "card.json").read_text())
-    assert card["training"]["n_images"] == 40 and card["training"]["n_holdout"] == 6
-    if detector == "patchcore":  # the default position weight "auto" needs 20 held-out images
-        assert card["params"]["position_weight"] == 0.0 and "position_mean" not in card["tensors"]
-        assert "only 6 held-out good images" in card["training"]["position_choice"]["skipped"]
-        assert "position weight 0: only 6 held-out good images" in out
-    else:
+    assert card["training"]["n_images"] == 40
+    if detector == "patchcore":  # cross-fitted: every image calibrates, the choice is made on all
+        assert (card["training"]["n_holdout"], card["training"]["folds"]) == (0, 5)
+        assert card["image_calibration"]["n_scores"] == 40
+        assert "calibrated on all of them scored out of sample in 5 folds" in out
+        chosen = card["training"]["position_choice"]
+        assert chosen["n_good"] == chosen["n_painted"] == 40
+        assert card["operating"]["goods"] == "cross-fitted" and len(card["operating"]["defect_scores"]) == 40
+    else:  # SPADE keeps the held-out split
+        assert (card["training"]["n_holdout"], card["training"]["folds"]) == (6, None)
         assert card["training"]["position_choice"] is None
+        assert card["operating"]["goods"] == "held-out" and len(card["operating"]["good_scores"]) == 6
+    assert card["review"]["method"] == "tolerance" and card["review"]["review_fpr"] == 0.1
+    assert card["review"]["threshold"] <= card["image_calibration"]["threshold"]
+    assert "REVIEW from" in out and "estimated at this operating point" in out
 
     code, out = evaluate_on(capsys, bottle_subset, model)
     assert code == 0
@@ -116,6 +124,8 @@ def test_train_evaluate_predict_round_trip(
     assert result["image_auroc"] >= 0.95
     assert result["pixel_auroc"] >= 0.9
     assert [s["path"].endswith("zz_tiny.png") for s in result["skipped"]] == [True]
+    assert result["miss_rate"] <= result["fnr"]  # the REVIEW band only takes defects away from OK
+    assert 0 <= result["estimated_miss_rate"] <= 1 and result["fpr"] <= 0.1
     # the scores and maps behind those numbers, as benchmarks/accuracy_margin.py reads them
     scored = score_test_set(Inspector.load(model), bottle_subset, "bottle", progress=False)
     assert len(scored.names) == len(scored.labels) == len(scored.scores) == scored.maps.shape[0] == 20
@@ -151,7 +161,9 @@ def test_the_held_out_images_join_the_position_statistics_once_calibrated(
     """The thresholds come from the held-out images scored by Gaussians fitted without them; the
     saved Gaussians are then estimated on every usable training image, as PaDiM's are."""
     model = tmp_path / "model"
-    code, out = train_on(capsys, bottle_subset, mobilenet_weights, model, "--position-weight", "0.5")
+    code, out = train_on(
+        capsys, bottle_subset, mobilenet_weights, model, "--position-weight", "0.5", "--folds", "0"
+    )
     assert code == 0
     assert "position statistics on 40 good images" in out
     card = json.loads((model / "card.json").read_text())
@@ -182,7 +194,7 @@ def test_train_with_the_position_weight_chosen_on_painted_defects(
     defects from the good parts. Past ``MAX_AUTO_GOODS`` held-out images it chooses on that many."""
     monkeypatch.setattr(train_module, "MAX_AUTO_GOODS", 12)
     model = tmp_path / "model"
-    half = ("--holdout", "0.5")  # 20 held out: the least that "auto" chooses on
+    half = ("--holdout", "0.5", "--folds", "0")  # 20 held out: the least that "auto" chooses on
     code, out = train_on(capsys, bottle_subset, mobilenet_weights, model, *half)
     assert code == 0
     card = json.loads((model / "card.json").read_text())
@@ -207,3 +219,35 @@ def test_train_with_the_position_weight_chosen_on_painted_defects(
     code, out = evaluate_on(capsys, bottle_subset, model)
     assert code == 0
     assert json.loads(out)["image_auroc"] >= 0.95
+
+
+def test_calibrate_moves_the_thresholds_without_retraining(
+    bottle_subset: Path, mobilenet_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``linewatch calibrate`` re-sets the NG threshold and the REVIEW band from the card's scores,
+    leaves the weights alone, and the inspector's verdicts follow the new band."""
+    model = tmp_path / "model"
+    code, _ = train_on(capsys, bottle_subset, mobilenet_weights, model)
+    assert code == 0
+    before = json.loads((model / "card.json").read_text())
+    weights = (model / "weights.safetensors").read_bytes()
+    code, out = run(capsys, "calibrate", "--model", str(model), "--max-miss-rate", "0")
+    assert code == 0 and "REVIEW from" in out and "misses (defective called OK) 0.0%" in out
+    after = json.loads((model / "card.json").read_text())
+    assert after["review"]["method"] == "miss-rate"
+    assert after["review"]["threshold"] == min(
+        min(before["operating"]["defect_scores"]), before["image_calibration"]["threshold"]
+    )
+    assert (model / "weights.safetensors").read_bytes() == weights
+    code, out = run(
+        capsys, "calibrate", "--model", str(model), "--target-fpr", "0.05", "--review-fpr", "0", "--dry-run"
+    )
+    assert code == 0 and "would set" in out and "no REVIEW band" in out
+    assert json.loads((model / "card.json").read_text()) == after  # a dry run changes nothing
+    assert main(["calibrate", "--model", str(model), "--review-fpr", "0.001"]) == 2
+    assert "--review-fpr lies between" in capsys.readouterr().err
+    inspector = Inspector.load(model)
+    ng, edge = inspector.card.image_calibration.threshold, inspector.card.review.threshold
+    assert edge < ng
+    verdict = lambda raw: inspector.verdict(raw, float(inspector.card.image_calibration.normalise(raw)))  # noqa: E731
+    assert [verdict(edge * 0.99), verdict((edge + ng) / 2), verdict(ng)] == ["OK", "REVIEW", "NG"]

@@ -179,10 +179,27 @@ def test_members_that_do_not_share_the_split_or_size_are_refused(
             image_size=128,
             position_weight=0.3,
             progress=False,
+            folds=0,
         )
     )
     with pytest.raises(ValueError, match="include its held-out images"):
         train(config(synthetic_data, ensemble, (str(folded), str(destseg_model_dir))))
+    # a cross-fitted PatchCore (the default) saw every image
+    crossfitted = tmp_path / "crossfitted"
+    train(
+        TrainConfig(
+            data_root=synthetic_data,
+            category="synthetic",
+            out_dir=crossfitted,
+            weights=mobilenet_weights,
+            activation="relu",
+            image_size=128,
+            position_weight=0.3,
+            progress=False,
+        )
+    )
+    with pytest.raises(ValueError, match="cross-fitted on every good image"):
+        train(config(synthetic_data, ensemble, (str(crossfitted), str(destseg_model_dir))))
     assert not (ensemble / "card.json").exists()
 
 
