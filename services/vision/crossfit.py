@@ -40,7 +40,6 @@ from services.vision.images import ImageError, load_image
 from services.vision.maps import patch_scores_to_map
 from services.vision.memory import release_free_memory
 from services.vision.patchcore import (
-    CandidatePool,
     PatchCoreModel,
     PatchCoreParams,
     PositionStatistics,
@@ -154,19 +153,23 @@ def crossfit_patchcore(
     release_free_memory()
     unreadable = {s.path for s in skipped}
     usable = [(path, fold) for path, fold in zip(paths, fold_of, strict=True) if str(path) not in unreadable]
-    goods_out: list[OutOfFold] = []
+    members_of = []
     for fold in range(folds):
         members = [path for path, f in usable if f == fold]
         if len(members) < MIN_FOLD_IMAGES:
             raise DatasetError(f"fold {fold} has {len(members)} readable images; need {MIN_FOLD_IMAGES}")
-        model = _fold_model(extractor, pool, statistics, fold, image_size, params, progress)
-        goods_out.append(_score_fold(model, members, fold, roi, batch_size, params.seed, progress))
-        del model
-        release_free_memory()
-    bank = pool.bank(progress=progress)
+        members_of.append(members)
+    *fold_banks, bank = pool.banks([*range(folds), None], progress=progress)
     projection = pool.projection
     del pool
     release_free_memory()
+    goods_out: list[OutOfFold] = []
+    for fold, (members, fold_bank) in enumerate(zip(members_of, fold_banks, strict=True)):
+        model = _fold_model(extractor, fold_bank, projection, statistics, fold, image_size, params)
+        goods_out.append(_score_fold(model, members, fold, roi, batch_size, params.seed, progress))
+        del model
+        fold_banks[fold] = torch.empty(0)
+        release_free_memory()
     final = PatchCoreModel(extractor, bank, image_size, params, projection)
     everything = statistics.without(None) if statistics is not None else None
     return final, _concatenate(goods_out), everything
@@ -174,18 +177,17 @@ def crossfit_patchcore(
 
 def _fold_model(
     extractor: FeatureExtractor,
-    pool: CandidatePool,
+    bank: torch.Tensor,
+    projection: torch.Tensor | None,
     statistics: FoldStatistics | None,
     fold: int,
     image_size: int,
     params: PatchCoreParams,
-    progress: bool,
 ) -> PatchCoreModel:
-    bank = pool.bank(leave_out=fold, progress=progress)
     if statistics is None:
-        return PatchCoreModel(extractor, bank, image_size, params, pool.projection).eval()
+        return PatchCoreModel(extractor, bank, image_size, params, projection).eval()
     mean, precision = statistics.without(fold).precision(params.position_eps)
-    return PatchCoreModel(extractor, bank, image_size, params, pool.projection, mean, precision).eval()
+    return PatchCoreModel(extractor, bank, image_size, params, projection, mean, precision).eval()
 
 
 def _score_fold(

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from services.vision.backbone import FeatureExtractor
-from services.vision.coreset import greedy_coreset
+from services.vision.coreset import greedy_coreset, greedy_coresets
 from services.vision.features import fuse_layers, random_projection, to_patches
 from services.vision.knn import BfloatScreen, native_bfloat16, nearest, nearest_screened, squared_norms
 from services.vision.maps import patch_scores_to_map
@@ -413,20 +413,26 @@ class CandidatePool:
     params: PatchCoreParams  # with the balanced layer weights filled in
     projection: torch.Tensor | None
 
-    def bank(self, leave_out: int | None = None, progress: bool = True) -> torch.Tensor:
-        """A coreset of the pool's candidates (of those outside group ``leave_out`` when given):
-        ``coreset_ratio`` of them, float32."""
-        rows = (
-            torch.arange(len(self.groups))
-            if leave_out is None
-            else (self.groups != leave_out).nonzero()[:, 0]
-        )
-        if not len(rows):
-            raise ValueError(f"no candidate patches outside group {leave_out}")
-        n_select = max(1, round(self.params.coreset_ratio * len(rows)))
-        guide = self.guide if leave_out is None else self.guide[rows]
-        chosen = greedy_coreset(guide, n_select, None, self.params.seed, progress)
-        return self.candidates[rows[chosen]].float()
+    def bank(self, progress: bool = True) -> torch.Tensor:
+        """A coreset of all the pool's candidates, ``coreset_ratio`` of them, float32."""
+        n_select = max(1, round(self.params.coreset_ratio * len(self.guide)))
+        chosen = greedy_coreset(self.guide, n_select, None, self.params.seed, progress)
+        return self.candidates[chosen].float()
+
+    def banks(self, leave_outs: Sequence[int | None], progress: bool = True) -> list[torch.Tensor]:
+        """A bank for each of ``leave_outs``: a coreset of the candidates outside that group (of all
+        of them for None), ``coreset_ratio`` of them, all chosen in one sweep of the pool
+        (:func:`greedy_coresets`): cross-fitting's fold banks and the shipped bank together."""
+        keeps = [
+            torch.ones(len(self.groups), dtype=torch.bool) if group is None else self.groups != group
+            for group in leave_outs
+        ]
+        for group, keep in zip(leave_outs, keeps, strict=True):
+            if not keep.any():
+                raise ValueError(f"no candidate patches outside group {group}")
+        sizes = [max(1, round(self.params.coreset_ratio * int(keep.sum()))) for keep in keeps]
+        chosen = greedy_coresets(self.guide, keeps, sizes, self.params.seed, progress)
+        return [self.candidates[rows].float() for rows in chosen]
 
 
 def gather_candidates(

@@ -247,6 +247,7 @@ def test_calibrate_moves_the_thresholds_without_retraining(
     assert main(["calibrate", "--model", str(model), "--review-fpr", "0.001"]) == 2
     assert "--review-fpr lies between" in capsys.readouterr().err
     inspector = Inspector.load(model)
+    assert inspector.card.review is not None
     ng, edge = inspector.card.image_calibration.threshold, inspector.card.review.threshold
     assert edge < ng
     verdict = lambda raw: inspector.verdict(raw, float(inspector.card.image_calibration.normalise(raw)))  # noqa: E731
