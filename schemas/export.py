@@ -17,6 +17,7 @@ from schemas.dead_letter import DeadLetter
 from schemas.defect import Defect
 from schemas.frame import Frame
 from schemas.inspection import Inspection
+from schemas.label import Label, LabelEvent, Review
 from schemas.process import ProcessSample, ProcessSnapshot
 
 MODELS: tuple[type[BaseModel], ...] = (
@@ -26,8 +27,11 @@ MODELS: tuple[type[BaseModel], ...] = (
     Defect,
     Frame,
     Inspection,
+    Label,
+    LabelEvent,
     ProcessSample,
     ProcessSnapshot,
+    Review,
 )
 DEFAULT_DIR = Path(__file__).parent / "json"
 SUFFIX = ".schema.json"

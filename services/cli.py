@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "services.commands.distributed",
     "services.commands.triton",
     "services.commands.analytics",
+    "services.commands.review",
 )
 USER_ERRORS = (ArtifactError, BackboneError, DatasetError, ImageError, SynthesisError, FileNotFoundError)
 

@@ -42,6 +42,16 @@ class Section(BaseModel):
 class StoreSettings(Section):
     records: str = "sqlite:///runs/records.db"
     blobs: str = "file:runs/blobs"
+    labels: str = "sqlite:///runs/labels.db"
+
+
+class ReviewSettings(Section):
+    """The review queue (``linewatch review sync``; see services/review/queue.py)."""
+
+    budget_per_day: int = Field(default=200, ge=0, description="Frames queued per line and UTC day at most")
+    near_band: float = Field(default=0.1, ge=0, le=0.5, description="Queue scores this close to 0.5")
+    rare_below: int = Field(default=3, ge=0, description="A defect class seen fewer times is rare")
+    latency_factor: float = Field(default=3.0, gt=1, description="Slower than this × the median is unusual")
 
 
 class BatchSettings(Section):
@@ -124,6 +134,7 @@ class LinewatchSettings(BaseSettings):
     stores: StoreSettings = Field(default_factory=StoreSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     clustering: ClusterSettings = Field(default_factory=ClusterSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
     batching: BatchSettings = Field(default_factory=BatchSettings)
     process: ProcessSettings = Field(default_factory=ProcessSettings)
     keep_frames: bool = Field(default=True, description="False: delete raw frames once inspected")

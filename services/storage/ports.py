@@ -7,7 +7,9 @@ from schemas.alert import Alert
 from schemas.blob import BlobRef
 from schemas.dead_letter import DeadLetter
 from schemas.inspection import Inspection
+from schemas.label import Label, LabelEvent, Review
 from services.storage.analytics_query import AnalyticsQuery, ResultRow
+from services.storage.label_query import LabelQuery
 from services.storage.query import InspectionQuery, NgRateBucket
 
 
@@ -80,3 +82,32 @@ class AnalyticsStore(Protocol):
     def parameter_stats(self, filters: InspectionQuery | None = None) -> dict[str, ParamStats]:
         """Every process parameter recorded on a matching frame, with its count and range."""
         ...
+
+
+class LabelStore(Protocol):
+    """Labels of inspected frames (keyed by ``frame_id``), and the history of every change to them."""
+
+    def add_labels(self, labels: Sequence[Label], actor: str = "linewatch") -> int:
+        """Store the labels whose frame has none yet, each with its first history entry; a label
+        already stored is left as it is (a replay adds nothing, and never undoes a review). All or
+        none; returns how many were new."""
+        ...
+
+    def get_label(self, frame_id: str) -> Label | None: ...
+
+    def query_labels(self, filters: LabelQuery | None = None) -> list[Label]: ...
+
+    def count_labels(self, filters: LabelQuery | None = None) -> int: ...
+
+    def review(self, frame_id: str, review: Review, expected_revision: int | None = None) -> Label:
+        """Record a person's review (status "reviewed", revision + 1, a history entry naming the
+        reviewer and the fields changed) and return the new label. ``LabelNotFound`` when the frame
+        has no label; ``LabelConflict`` when ``expected_revision`` is given and the label has moved
+        on (someone else reviewed it first)."""
+        ...
+
+    def history(self, frame_id: str) -> list[LabelEvent]:
+        """Every change to the frame's label, oldest first."""
+        ...
+
+    def close(self) -> None: ...

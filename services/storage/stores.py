@@ -10,12 +10,17 @@ from __future__ import annotations
 from typing import cast
 
 from services.adapters import load_adapter
-from services.storage.ports import BlobStore, RecordStore
+from services.storage.ports import BlobStore, LabelStore, RecordStore
 
 RECORD_STORES = {
     "sqlite": "services.storage.stores:_sqlite_records",
     "http": "services.storage.stores:_elasticsearch_records",
     "https": "services.storage.stores:_elasticsearch_records",
+}
+LABEL_STORES = {
+    "sqlite": "services.storage.stores:_sqlite_labels",
+    "mongodb": "services.storage.stores:_mongo_labels",
+    "mongodb+srv": "services.storage.stores:_mongo_labels",
 }
 BLOB_STORES = {"file": "services.storage.stores:_file_blobs", "s3": "services.storage.stores:_s3_blobs"}
 
@@ -31,6 +36,19 @@ def _elasticsearch_records(url: str) -> RecordStore:
     from services.storage.elasticsearch_record_store import ElasticsearchRecordStore
 
     return ElasticsearchRecordStore(url)
+
+
+def _sqlite_labels(url: str) -> LabelStore:
+    from services.storage.sqlite_label_store import SqliteLabelStore
+    from services.storage.urls import sqlite_url_to_path
+
+    return SqliteLabelStore(sqlite_url_to_path(url))
+
+
+def _mongo_labels(url: str) -> LabelStore:
+    from services.storage.mongo_label_store import MongoLabelStore
+
+    return MongoLabelStore(url)
 
 
 def _file_blobs(url: str, group_commit: bool) -> BlobStore:
@@ -50,6 +68,13 @@ def open_record_store(url: str) -> RecordStore:
     """The record store named by ``url``; supported schemes: sqlite, http(s) (Elasticsearch)."""
     opener = load_adapter(RECORD_STORES, url, "record store URL", "sqlite:///runs/records.db")
     return cast(RecordStore, opener(url))
+
+
+def open_label_store(url: str) -> LabelStore:
+    """The label store named by ``url``; supported schemes: sqlite (``sqlite:///runs/labels.db``)
+    and mongodb (``mongodb://host:27017/linewatch``: the path names the database)."""
+    opener = load_adapter(LABEL_STORES, url, "label store URL", "sqlite:///runs/labels.db")
+    return cast(LabelStore, opener(url))
 
 
 def open_blob_store(url: str, group_commit: bool = False) -> BlobStore:

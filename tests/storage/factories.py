@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from schemas.defect import Defect, DefectLocation
 from schemas.ids import new_frame_id
 from schemas.inspection import Inspection, Verdict
+from schemas.label import Label
 from schemas.process import ProcessSnapshot
 
 T0 = datetime(2025, 3, 4, 8, 0, 0, tzinfo=UTC)
@@ -58,4 +59,45 @@ def make_inspection(
         process=process,
         timings_ms={"infer": 12.5},
         inspected_at=captured_at + timedelta(milliseconds=50),
+    )
+
+
+def make_label(
+    *,
+    at_s: float = 0.0,
+    verdict: Verdict = "NG",
+    queued: bool = False,
+    priority: float = 0.0,
+    camera_id: str = "cam-top",
+    recipe: str = "bracket-a7",
+    frame_id: str | None = None,
+    with_blobs: bool = False,
+) -> Label:
+    """The auto-label of an inspection captured ``at_s`` seconds after T0 (queued for review, with
+    reason "test", when ``queued``)."""
+    captured_at = T0 + timedelta(seconds=at_s)
+    blob = {"uri": "sqlite-blob:" + "ab" * 32 + ".png", "sha256": "ab" * 32, "size_bytes": 812}
+    blob |= {"encoding": "png", "width": 64, "height": 48}
+    return Label.model_validate(
+        {
+            "frame_id": frame_id or new_frame_id(),
+            "line_id": "press-line-1",
+            "station_id": "st-040",
+            "camera_id": camera_id,
+            "recipe": recipe,
+            "captured_at": captured_at,
+            "model_name": "patchcore",
+            "model_version": "1",
+            "verdict": verdict,
+            "score": 0.8 if verdict == "NG" else 0.45,
+            "score_raw": 10.0,
+            "defects": [make_defect("center").model_dump()] if with_blobs else [],
+            "mask": blob if with_blobs else None,
+            "heatmap": blob if with_blobs else None,
+            "status": "queued" if queued else "auto",
+            "priority": priority,
+            "reasons": ["test"] if queued else [],
+            "queued_at": captured_at + timedelta(seconds=1) if queued else None,
+            "labelled_at": captured_at + timedelta(seconds=1),
+        }
     )
