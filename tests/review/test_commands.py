@@ -82,7 +82,7 @@ def test_sync_list_decide_show(
     assert reviewed is not None and reviewed.review is not None and reviewed.review.mask is not None
     blobs = open_blob_store(plant["blobs"])
     stored = cv2.imdecode(np.frombuffer(blobs.get(reviewed.review.mask.uri), np.uint8), cv2.IMREAD_UNCHANGED)
-    assert (stored == mask).all()
+    assert np.array_equal(stored, mask)
     assert labels.count_labels(LabelQuery(status="queued")) == 2
     blobs.close()
     labels.close()
