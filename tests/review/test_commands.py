@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from services.cli import main
+from services.review.autolabel import decode_png
 from services.steps.finish import store_heatmap
 from services.storage.label_query import LabelQuery
 from services.storage.stores import open_blob_store, open_label_store, open_record_store
@@ -81,8 +82,7 @@ def test_sync_list_decide_show(
     reviewed = labels.get_label(first)
     assert reviewed is not None and reviewed.review is not None and reviewed.review.mask is not None
     blobs = open_blob_store(plant["blobs"])
-    stored = cv2.imdecode(np.frombuffer(blobs.get(reviewed.review.mask.uri), np.uint8), cv2.IMREAD_UNCHANGED)
-    assert np.array_equal(stored, mask)
+    assert np.array_equal(decode_png(blobs.get(reviewed.review.mask.uri)), mask)
     assert labels.count_labels(LabelQuery(status="queued")) == 2
     blobs.close()
     labels.close()
