@@ -33,7 +33,8 @@ demo: setup
 serve: setup
 	@key="$${KEY:-$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(12))')}"; \
 		echo "dashboard: http://127.0.0.1:8000/dashboard/  API key: $$key"; \
-		LINEWATCH_API_KEYS="$$key" $(BIN)/linewatch serve --records sqlite:///runs/demo/records.db --blobs file:runs/demo/blobs
+		LINEWATCH_API_KEYS="$$key" $(BIN)/linewatch serve --records sqlite:///runs/demo/records.db --blobs file:runs/demo/blobs \
+			--labels sqlite:///runs/demo/labels.db
 
 ## The distributed line on this machine: a local broker, Triton, producers, two Faust workers, the dashboard.
 demo-distributed: setup triton

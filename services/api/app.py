@@ -11,11 +11,12 @@ from services.api.context import ApiContext
 from services.api.limits import BodySizeLimitMiddleware
 from services.api.metrics import ApiMetrics, RequestMetricsMiddleware
 from services.api.routes import analytics, dashboard, docs, health, inspect, inspections, line
+from services.api.routes import labels as label_routes
 from services.api.settings import ApiSettings
 from services.inference.ports import InferencePort
 from services.steps.admit import AdmissionRules
 from services.steps.join import ProcessHistory
-from services.storage.ports import BlobStore, RecordStore
+from services.storage.ports import BlobStore, LabelStore, RecordStore
 
 DESCRIPTION = """\
 Inspect frames from AOI machines and read back what the line found.
@@ -34,6 +35,7 @@ def create_app(
     line_status: Callable[[], dict[str, Any]] | None = None,
     rules: AdmissionRules | None = None,
     history: ProcessHistory | None = None,
+    labels: LabelStore | None = None,
 ) -> FastAPI:
     """The API over ``records`` and ``blobs``; without ``inference``, POST /v1/inspect answers 503.
 
@@ -42,7 +44,7 @@ def create_app(
     an uploaded frame must satisfy (default: a recipe the inference port has a model for);
     ``history`` the running line's process history, joined to each upload. ``registry`` holds the
     running line's metrics for ``/metrics``; ``line_status()`` adds the line's own state to
-    ``/v1/status``.
+    ``/v1/status``. ``labels`` holds the review queue (``/v1/labels``; 503 without it).
     """
     if settings.auth_required and not settings.key_hashes:
         raise ValueError(
@@ -54,13 +56,21 @@ def create_app(
     if rules is None:
         rules = AdmissionRules(recipes=inference.recipes if inference is not None else frozenset())
     app.state.linewatch = ApiContext(
-        settings, records, blobs, inference, metrics, rules, registry, line_status, history
+        settings, records, blobs, inference, metrics, rules, registry, line_status, history, labels
     )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: counts the 413s too
     app.include_router(health.router)
     needs_key = [Depends(require_api_key)]
-    for router in (health.metrics_router, inspect.router, inspections.router, line.router, analytics.router):
+    routers = (
+        health.metrics_router,
+        inspect.router,
+        inspections.router,
+        line.router,
+        analytics.router,
+        label_routes.router,
+    )
+    for router in routers:
         app.include_router(router, dependencies=needs_key)
     dashboard.mount_dashboard(app)
     docs.mount_docs(app)

@@ -12,7 +12,7 @@ from services.api.settings import ApiSettings
 from services.inference.ports import InferencePort
 from services.steps.admit import AdmissionRules
 from services.steps.join import ProcessHistory
-from services.storage.ports import BlobStore, RecordStore
+from services.storage.ports import BlobStore, LabelStore, RecordStore
 
 
 @dataclass
@@ -26,6 +26,7 @@ class ApiContext:
     registry: CollectorRegistry | None = None
     line_status: Callable[[], dict[str, Any]] | None = None
     history: ProcessHistory | None = None  # the running line's process history, joined to uploads
+    labels: LabelStore | None = None  # None: the /v1/labels routes answer 503
 
 
 def get_context(request: Request) -> ApiContext:

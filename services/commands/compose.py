@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services.storage.ports import BlobStore, RecordStore
+from services.storage.ports import BlobStore, LabelStore, RecordStore
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -38,17 +38,25 @@ API_MAX_BATCH = 8  # uploads scored together at most (micro-batching)
 class Stores:
     records: RecordStore
     blobs: BlobStore
+    labels: LabelStore | None = None
 
     def close(self) -> None:
         try:
             self.records.close()
         finally:
-            self.blobs.close()
+            try:
+                self.blobs.close()
+            finally:
+                if self.labels is not None:
+                    self.labels.close()
 
 
-def open_stores(records_url: str, blobs_url: str, group_commit: bool = False) -> Stores:
-    """The record and blob stores the URLs name; raises ValueError or OSError (nothing left open)."""
-    from services.storage.stores import open_blob_store, open_record_store
+def open_stores(
+    records_url: str, blobs_url: str, group_commit: bool = False, labels_url: str | None = None
+) -> Stores:
+    """The record and blob stores the URLs name, and the label store when ``labels_url`` is given;
+    raises ValueError or OSError (nothing left open)."""
+    from services.storage.stores import open_blob_store, open_label_store, open_record_store
 
     records = open_record_store(records_url)
     try:
@@ -56,7 +64,12 @@ def open_stores(records_url: str, blobs_url: str, group_commit: bool = False) ->
     except BaseException:
         records.close()
         raise
-    return Stores(records, blobs)
+    try:
+        labels = open_label_store(labels_url) if labels_url is not None else None
+    except BaseException:
+        Stores(records, blobs).close()
+        raise
+    return Stores(records, blobs, labels)
 
 
 def load_models(models: Mapping[str, Path]) -> dict[str, Inspector]:
@@ -168,6 +181,7 @@ def build_api(
             line.status if line is not None else None,
             line.options.admission(inference.recipes) if line is not None and inference else None,
             line.history if line is not None else None,
+            stores.labels,
         )
     except ValueError as err:
         raise ApiServerError(str(err)) from err

@@ -110,7 +110,12 @@ def run_demo(options: DemoOptions) -> LineSummary:
     machine = SyntheticLine(seed=options.seed, start=start)  # the same line's process, read separately
     process = SimulatorSource(machine.process, machine.line_id, machine.machine_id)
     blobs_url = (workdir / "blobs").as_uri()
-    stores = open_stores(f"sqlite:///{workdir / 'records.db'}", blobs_url, group_commit=True)
+    stores = open_stores(
+        f"sqlite:///{workdir / 'records.db'}",
+        blobs_url,
+        group_commit=True,
+        labels_url=f"sqlite:///{workdir / 'labels.db'}",
+    )
     api: Api | None = None
     key = os.environ.get("LINEWATCH_DEMO_KEY") or secrets.token_urlsafe(12)
     try:

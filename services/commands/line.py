@@ -136,7 +136,12 @@ def run_line_command(args: argparse.Namespace) -> int:
         if not settings.frame_sources:
             raise ValueError(f"{args.config} names no frame_sources")
         inspectors = load_local_models(settings)
-        stores = open_stores(settings.stores.records, settings.stores.blobs, group_commit=True)
+        stores = open_stores(
+            settings.stores.records,
+            settings.stores.blobs,
+            group_commit=True,
+            labels_url=settings.stores.labels,
+        )
     except (ValueError, OSError) as err:  # settings, URLs, paths: say what is wrong, no traceback
         print(f"linewatch run: error: {err}", file=sys.stderr)
         return 2

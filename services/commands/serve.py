@@ -24,6 +24,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--blobs", default="file:linewatch-data/blobs", help="blob store URL (%(default)s)")
     serve.add_argument(
+        "--labels",
+        default="sqlite:///linewatch-data/labels.db",
+        help="label store URL: the review queue, /v1/labels (%(default)s)",
+    )
+    serve.add_argument(
         "--model",
         action="append",
         default=[],
@@ -59,7 +64,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValidationError as err:
         print(f"linewatch serve: error: invalid API settings:\n{err}", file=sys.stderr)
         return 2
-    return serve(settings, args.records, args.blobs, args.model, args.inference)
+    return serve(settings, args.records, args.blobs, args.model, args.inference, args.labels)
 
 
 def serve(
@@ -68,6 +73,7 @@ def serve(
     blobs_url: str,
     model_args: list[str],
     inference_url: str | None = None,
+    labels_url: str | None = None,
 ) -> int:
     """Run the API with uvicorn until interrupted."""
     import uvicorn
@@ -86,7 +92,7 @@ def serve(
     try:
         models = parse_model_args(model_args)
         inspectors = {} if is_remote(url) else load_models(models)
-        stores = open_stores(records_url, blobs_url)
+        stores = open_stores(records_url, blobs_url, labels_url=labels_url)
     except (ValueError, OSError) as err:
         print(f"linewatch serve: error: {err}", file=sys.stderr)
         return 2
