@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from schemas.inspection import Inspection
 from schemas.label import Label, Review
 from services.config import LinewatchSettings, load_settings
-from services.review.autolabel import decode_png, store_mask
+from services.review.autolabel import mask_of_png, store_mask
 from services.review.labeller import LabelRun, label_inspections
 from services.review.queue import ReviewPolicy, ReviewSelector
 from services.storage.errors import LabelConflict, LabelNotFound
@@ -249,12 +249,12 @@ def run_decide(args: argparse.Namespace) -> int:
         if args.decision != "defect":
             return _fail("--mask goes with --decision defect")
         try:
-            pixels = decode_png(args.mask.read_bytes())
+            drawn = mask_of_png(args.mask.read_bytes())
         except (OSError, ValueError) as error:
             return _fail(f"--mask {args.mask}: {error}")
         blobs = open_blob_store(args.blobs or settings.stores.blobs)
         try:
-            mask = store_mask(blobs, pixels >= 128)
+            mask = store_mask(blobs, drawn)
         finally:
             blobs.close()
     try:

@@ -42,6 +42,15 @@ def decode_png(data: bytes) -> np.ndarray:
     return pixels
 
 
+def mask_of_png(data: bytes) -> np.ndarray:
+    """A mask a person drew (any PNG: grayscale, RGB or RGBA, white = defect) as a bool array;
+    ValueError when the bytes are not an image."""
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if pixels is None:
+        raise ValueError("not a PNG image")
+    return np.asarray(pixels >= 128)
+
+
 def store_mask(blobs: BlobStore, mask: np.ndarray) -> BlobRef:
     """A defect mask (bool) as an 8-bit PNG in the blob store (durable when this returns)."""
     ok, encoded = cv2.imencode(".png", mask.astype(np.uint8) * 255)

@@ -221,3 +221,76 @@ def test_the_causes_page_charts_the_ranking(analytics_app: FastAPI, tmp_path: Pa
         page.click("#causes-form button")
         expect(page.locator("#causes-chart")).to_contain_text("No parameter separates them.")
         browser.close()
+
+
+def test_the_review_page_records_a_decision_with_a_drawn_mask(
+    tmp_path: Path, tiny_inference: InferenceThread
+) -> None:
+    """Frames inspected through the API are auto-labelled and queued; a person opens the review
+    page, drags a box over the defect, calls it a defect, then calls the next frame good."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's chromium package to run the dashboard test")
+    from playwright.sync_api import expect, sync_playwright
+
+    from services.review.autolabel import decode_png
+    from services.review.labeller import label_inspections
+    from services.review.queue import ReviewPolicy, ReviewSelector
+    from services.storage.label_query import LabelQuery
+    from services.storage.sqlite_label_store import SqliteLabelStore
+
+    blobs = TieredBlobStore.at(tmp_path / "blobs")
+    with (
+        SqliteRecordStore(tmp_path / "records.db") as records,
+        SqliteLabelStore(tmp_path / "labels.db") as labels,
+    ):
+        app = create_app(ApiSettings(keys=[API_KEY]), records, blobs, tiny_inference, labels=labels)
+        with serving(app) as base_url, sync_playwright() as playwright:
+            post_parts(base_url)
+            every_frame = ReviewSelector(ReviewPolicy(near_band=0.5, budget_per_day=5))
+            run = label_inspections(
+                records.query_inspections(), labels, blobs, every_frame, datetime.now(UTC)
+            )
+            assert run.queued == 5 and run.over_budget == PARTS - 5
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{base_url}/dashboard/")
+            page.fill("#api-key", API_KEY)
+            page.click("#login-form button")
+            page.click("a.nav >> text=Review")
+            expect(page).to_have_url(re.compile(r"/dashboard/review\.html$"))
+            expect(page.locator("#queue tbody tr")).to_have_count(5)
+            expect(page.locator("#queue tbody tr.chosen")).to_have_count(1)
+            expect(page.locator("#overlay")).to_have_attribute("src", re.compile(r"^blob:"))
+            first = page.locator("#queue tbody tr.chosen").get_attribute("data-frame-id")
+            page.wait_for_function("document.getElementById('overlay').complete")
+            area = page.locator("#mask-canvas").bounding_box()
+            assert area is not None and area["width"] > 100
+            page.mouse.move(area["x"] + 0.25 * area["width"], area["y"] + 0.25 * area["height"])
+            page.mouse.down()
+            page.mouse.move(area["x"] + 0.5 * area["width"], area["y"] + 0.5 * area["height"], steps=5)
+            page.mouse.up()
+            page.fill("#reviewer", "m.keller")
+            page.fill("#defect-class", "sink mark")
+            page.click("#decide-defect")
+            expect(page.locator("#decide-result")).to_contain_text(
+                "defect with a corrected mask (revision 1)"
+            )
+            expect(page.locator("#queue tbody tr")).to_have_count(4)
+            second = page.locator("#queue tbody tr.chosen").get_attribute("data-frame-id")
+            page.click("#decide-good")
+            expect(page.locator("#decide-result")).to_contain_text("good (revision 1)")
+            expect(page.locator("#history li").first).to_contain_text("queued")
+            page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
+            browser.close()
+        assert first is not None and second is not None and first != second
+        decided = labels.get_label(first)
+        assert decided is not None and decided.review is not None and decided.review.mask is not None
+        assert decided.review.reviewer == "m.keller" and decided.review.defect_class == "sink mark"
+        mask = decode_png(blobs.get(decided.review.mask.uri)) > 0
+        height, width = mask.shape
+        assert mask[height * 3 // 8, width * 3 // 8] and not mask[height // 8, width // 8]
+        assert 0.04 < mask.mean() < 0.09  # a quarter by a quarter of the frame
+        good = labels.get_label(second)
+        assert good is not None and good.ground_truth == "good"
+        assert labels.count_labels(LabelQuery(status="queued")) == 3
+    blobs.close()

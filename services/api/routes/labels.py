@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, ValidationError
 from schemas.common import Name
 from schemas.label import Label, LabelEvent, LabelStatus, Review, ReviewDecision
 from services.api.context import ApiContext, Context
-from services.review.autolabel import decode_png, store_mask
+from services.review.autolabel import mask_of_png, store_mask
 from services.storage.errors import LabelConflict, LabelNotFound
 from services.storage.label_query import LabelQuery
 from services.storage.ports import LabelStore
@@ -35,8 +35,8 @@ class LabelWithHistory(BaseModel):
 
 class ReviewRequest(BaseModel):
     """A person's decision on a frame. ``expected_revision``: the label's revision when it was read
-    (a 409 if someone changed it since); ``mask_png_base64``: a corrected mask, an 8-bit grayscale
-    PNG (white = defect), base64."""
+    (a 409 if someone changed it since); ``mask_png_base64``: a corrected mask, a PNG (white =
+    defect; the dashboard draws it at the heat map's size), base64."""
 
     decision: ReviewDecision
     reviewer: Name
@@ -113,10 +113,10 @@ def review_label(context: Context, frame_id: str, request: ReviewRequest) -> Lab
                 status.HTTP_422_UNPROCESSABLE_CONTENT, "a mask goes with the decision 'defect'"
             )
         try:
-            pixels = decode_png(base64.b64decode(request.mask_png_base64, validate=True))
+            drawn = mask_of_png(base64.b64decode(request.mask_png_base64, validate=True))
         except (binascii.Error, ValueError) as error:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"mask_png_base64: {error}") from None
-        mask = store_mask(context.blobs, pixels >= 128)
+        mask = store_mask(context.blobs, drawn)
     try:
         review = Review(
             decision=request.decision,

@@ -57,7 +57,8 @@ const lw = (() => {
   }
 
   function verdictBadge(verdict) {
-    return el("span", { class: `badge ${verdict === "NG" ? "ng" : "ok"}` }, verdict);
+    const kind = { NG: "ng", REVIEW: "review" }[verdict] || "ok";
+    return el("span", { class: `badge ${kind}` }, verdict);
   }
 
   // A time of today alone ("14:02:11"); of another day with its date ("3 Dec 14:02:11", and the
