@@ -178,6 +178,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="lower the REVIEW band until at most this share of (synthetic) defects is called OK",
     )
+    calibrate.add_argument(
+        "--defects",
+        type=Path,
+        metavar="DIR",
+        help="images of real defective parts (any folders below DIR but 'good'; *_mask files left out): their"
+        " scores replace the synthetic defects' on the card, so estimates and --max-miss-rate rest on them",
+    )
     calibrate.add_argument("--dry-run", action="store_true", help="print the estimates, change nothing")
     calibrate.set_defaults(handler=run_calibrate)
 
@@ -484,6 +491,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
     cal, band = card.image_calibration, card.review
     goods = np.asarray(curve.good_scores)
     try:
+        if args.defects is not None:
+            curve = curve.model_copy(
+                update={"defects": f"real: {args.defects.name}", "defect_scores": real_defect_scores(args)}
+            )
         if args.target_fpr is not None:
             fitted = fit_threshold(goods, args.target_fpr, cal.confidence)
             cal = cal.model_copy(
@@ -501,12 +512,43 @@ def run_calibrate(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"linewatch calibrate: error: {err}", file=sys.stderr)
         return 2
-    card = card.model_copy(update={"image_calibration": cal, "review": band})
+    card = card.model_copy(update={"image_calibration": cal, "review": band, "operating": curve})
     if not args.dry_run:
         write_card(card, args.model)
     print(f"{card.name} {card.version}: {'would set' if args.dry_run else 'set'}")
     print_operating_point(card)
     return 0
+
+
+MIN_REAL_DEFECTS = 3
+
+
+def real_defect_scores(args: argparse.Namespace) -> list[float]:
+    """The model's raw image scores of the defect images under ``args.defects``; ValueError when
+    fewer than :data:`MIN_REAL_DEFECTS` of them can be read."""
+    from services.vision.dataset import SkippedFile, iter_batches
+    from services.vision.images import IMAGE_SUFFIXES
+    from services.vision.inspector import Inspector
+
+    folder: Path = args.defects
+    if not folder.is_dir():
+        raise ValueError(f"--defects {folder} is not a folder")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = [  # MVTec's masks and good parts may lie below the same folder
+        p for p in paths if not p.stem.endswith("_mask") and "good" not in p.relative_to(folder).parts[:-1]
+    ]
+    inspector = Inspector.load(args.model)
+    skipped: list[SkippedFile] = []
+    scores: list[float] = []
+    for batch in iter_batches(paths, inspector.image_size, 8, skipped, inspector.card.roi):
+        scores.extend(float(s) for s in inspector.score_batch(batch.images).scores)
+    for bad in skipped:
+        print(f"  skipped {bad.path}: {bad.reason}")
+    if len(scores) < MIN_REAL_DEFECTS:
+        raise ValueError(
+            f"--defects {folder}: {len(scores)} readable defect images, {MIN_REAL_DEFECTS} needed at least"
+        )
+    return scores
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

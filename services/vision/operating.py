@@ -43,7 +43,7 @@ class OperatingCurve(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     goods: Literal["cross-fitted", "held-out", "confirmed"]
-    defects: str  # "painted" (synthetic, on the goods) or "real: <folder>"
+    defects: str  # "painted" (synthetic, on the goods) or "real: <folder>" (calibrate --defects)
     good_scores: list[float] = Field(repr=False)
     defect_scores: list[float] = Field(repr=False)
 

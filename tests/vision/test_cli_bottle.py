@@ -19,6 +19,7 @@ from services.cli import main
 from services.vision.artifact import load_artifact
 from services.vision.dataset import iter_batches, list_train_images
 from services.vision.evaluate import score_test_set
+from services.vision.images import load_image
 from services.vision.inspector import Inspector
 from services.vision.metrics import evaluate_detection
 from services.vision.patchcore import PatchCoreModel, position_features
@@ -252,3 +253,21 @@ def test_calibrate_moves_the_thresholds_without_retraining(
     assert edge < ng
     verdict = lambda raw: inspector.verdict(raw, float(inspector.card.image_calibration.normalise(raw)))  # noqa: E731
     assert [verdict(edge * 0.99), verdict((edge + ng) / 2), verdict(ng)] == ["OK", "REVIEW", "NG"]
+    # real defects: their scores replace the painted ones, and the band follows them
+    defects = bottle_subset / "bottle" / "test"
+    code, out = run(capsys, "calibrate", "--model", str(model), "--defects", str(defects / "broken_large"))
+    assert code == 0 and "4 real: broken_large defects" in out
+    real = json.loads((model / "card.json").read_text())["operating"]
+    scores = [
+        float(s.score_raw)
+        for s in inspector.predict([load_image(p) for p in sorted((defects / "broken_large").iterdir())])
+    ]
+    assert real["defects"] == "real: broken_large" and real["defect_scores"] == pytest.approx(
+        scores, rel=1e-5
+    )
+    code, out = run(
+        capsys, "calibrate", "--model", str(model), "--defects", str(defects), "--max-miss-rate", "0"
+    )
+    assert code == 0 and "10 real: test defects" in out  # the goods below test/ are not defects: left out
+    assert main(["calibrate", "--model", str(model), "--defects", str(defects / "good" / "x")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
