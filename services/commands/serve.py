@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -25,8 +26,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--blobs", default="file:linewatch-data/blobs", help="blob store URL (%(default)s)")
     serve.add_argument(
         "--labels",
-        default="sqlite:///linewatch-data/labels.db",
-        help="label store URL: the review queue, /v1/labels (%(default)s)",
+        help="label store URL: the review queue, /v1/labels (default: labels.db beside a sqlite:// record"
+        " store; none beside another, and /v1/labels answers 503)",
     )
     serve.add_argument(
         "--model",
@@ -64,7 +65,21 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValidationError as err:
         print(f"linewatch serve: error: invalid API settings:\n{err}", file=sys.stderr)
         return 2
-    return serve(settings, args.records, args.blobs, args.model, args.inference, args.labels)
+    labels = args.labels or labels_beside(args.records)
+    return serve(settings, args.records, args.blobs, args.model, args.inference, labels)
+
+
+def labels_beside(records_url: str) -> str | None:
+    """``sqlite:///DIR/labels.db`` for a ``sqlite:///DIR/records.db`` record store; None for others
+    (an in-memory SQLite or a server: name the label store yourself)."""
+    from services.storage.urls import sqlite_url_to_path
+
+    if not records_url.startswith("sqlite:///"):
+        return None
+    path = sqlite_url_to_path(records_url)
+    if path == ":memory:":
+        return None
+    return f"sqlite:///{Path(path).with_name('labels.db')}"
 
 
 def serve(

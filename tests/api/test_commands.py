@@ -64,3 +64,14 @@ def test_serve_runs_the_app_on_the_stores_with_uvicorn(
     assert main(args) == 0
     assert served == {"host": "0.0.0.0", "port": 9000, "alerts": 200}
     assert (tmp_path / "r.db").is_file()
+
+
+def test_serve_keeps_its_labels_beside_a_sqlite_record_store() -> None:
+    from services.commands.serve import labels_beside
+
+    assert labels_beside("sqlite:///runs/demo/records.db") == "sqlite:///runs/demo/labels.db"
+    assert (
+        labels_beside("sqlite:////var/lib/linewatch/records.db") == "sqlite:////var/lib/linewatch/labels.db"
+    )
+    assert labels_beside("sqlite:///:memory:") is None
+    assert labels_beside("https://es:9200/linewatch") is None
