@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "services.commands.triton",
     "services.commands.analytics",
     "services.commands.review",
+    "services.commands.models",
 )
 USER_ERRORS = (ArtifactError, BackboneError, DatasetError, ImageError, SynthesisError, FileNotFoundError)
 

@@ -154,6 +154,12 @@ class LinewatchSettings(BaseSettings):
     )
     api: Annotated[ApiSettings, BeforeValidator(_api_settings)] = Field(default_factory=ApiSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    registry: str | None = Field(
+        default=None,
+        description="Model registry URL (file:///var/linewatch/registry): each recipe with a production "
+        "model there is scored by it, and the embedded line swaps models when one is promoted or rolled back",
+    )
+    registry_poll_s: float = Field(default=5.0, gt=0, description="How often the line looks at the registry")
 
     @classmethod
     def settings_customise_sources(

@@ -84,7 +84,15 @@ def load_local_models(settings: LinewatchSettings) -> dict[str, Inspector]:
     port is remote (``triton://``: the server holds them)."""
     from services.inference.urls import is_remote
 
-    return {} if is_remote(settings.inference_url()) else load_models(settings.models)
+    if is_remote(settings.inference_url()):
+        return {}
+    inspectors = load_models(settings.models)
+    if settings.registry is not None:
+        from services.registry.files import open_registry
+        from services.registry.follow import production_inspectors
+
+        inspectors |= production_inspectors(open_registry(settings.registry))  # the registry's win
+    return inspectors
 
 
 def parse_model_args(values: list[str]) -> dict[str, Path]:
@@ -117,11 +125,36 @@ def build_line(
     frames = [open_frame_source(url, context) for url in settings.frame_sources]
     process = [open_process_source(url, settings.line_id) for url in settings.process_sources]
     options = replace(settings.line_options(), skip_stored=resume)
-    inference = open_inference(settings.inference_url(), inspectors, options.max_batch, settings.models)
+    url = settings.inference_url()
+    inference = open_inference(url, inspectors, options.max_batch, settings.models)
     from services.analytics.alerting import Alerting
 
     alerting = Alerting(stores.records, settings.alerts, settings.clustering)
-    return Line(frames, process, inference, stores.records, stores.blobs, options, alerting=alerting)
+    companions = []
+    if settings.registry is not None and inspectors:  # (a remote port's server holds the models)
+        from services.inference.swap import SwappablePort
+        from services.registry.files import open_registry
+        from services.registry.follow import RegistryFollower
+
+        inference = SwappablePort(inference)
+        follower = RegistryFollower(
+            open_registry(settings.registry),
+            inference,
+            inspectors,
+            lambda models: open_inference(url, models, options.max_batch),
+            settings.registry_poll_s,
+        )
+        companions.append(follower.run)
+    return Line(
+        frames,
+        process,
+        inference,
+        stores.records,
+        stores.blobs,
+        options,
+        alerting=alerting,
+        companions=companions,
+    )
 
 
 @dataclass

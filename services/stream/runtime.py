@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -99,8 +99,12 @@ class Line:
         options: LineOptions | None = None,
         metrics: LineMetrics | None = None,
         alerting: Alerting | None = None,
+        companions: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
     ) -> None:
         self.frame_sources, self.process_sources = list(frame_sources), list(process_sources)
+        self.companions = list(
+            companions
+        )  # run beside the line once its port has started (the registry follower)
         self.alerting = alerting  # drift monitors and alerts, fed every group of stored records
         self.inference, self.records, self.blobs = inference, records, blobs
         self.options = options or LineOptions()
@@ -157,10 +161,12 @@ class Line:
             self.metrics.watch_queue(name, queue)
         feed = ProcessFeed(self.process_sources, self.history, self._dead_letter, self._sample_joined)
         started, self.running = time.perf_counter(), True
+        companions: list[asyncio.Task[None]] = []
         try:
             await self.inference.start()
             self.summary.startup_s = time.perf_counter() - started
             started = time.perf_counter()
+            companions.extend(asyncio.create_task(companion()) for companion in self.companions)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._ingest_all(to_join))
                 tasks.create_task(self._join(to_join, to_detect, feed))
@@ -168,6 +174,9 @@ class Line:
                 tasks.create_task(self._finish(to_finish, to_store))
                 tasks.create_task(self._store(to_store))
         finally:
+            for task in companions:
+                task.cancel()
+            await asyncio.gather(*companions, return_exceptions=True)
             feed.close()
             self.running = False
             self.summary.wall_s = time.perf_counter() - started  # (a worker takes a while to exit)

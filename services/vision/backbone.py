@@ -18,6 +18,8 @@ from torch.fx import GraphModule
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
+from services.vision.tracing import TRACE_GUARD
+
 # Layers that work well for patch-level anomaly detection: mid-level, stride 8 and 16.
 DEFAULT_LAYERS: dict[str, list[str]] = {
     "mobilenet_v2": ["features.6", "features.13"],
@@ -96,6 +98,10 @@ class FeatureExtractor(nn.Module):
     def __init__(self, model: nn.Module, layers: list[str], max_chunk: int = 4) -> None:
         super().__init__()
         self.max_chunk = max_chunk  # images per backbone pass: bounds activation memory, not throughput
+        with TRACE_GUARD.exclusive():  # (fx tracing patches every module's __call__: see tracing.py)
+            self._trace(model, layers)
+
+    def _trace(self, model: nn.Module, layers: list[str]) -> None:
         nodes = set(get_graph_node_names(model)[1])
         missing = [
             layer for layer in layers if not any(n == layer or n.startswith(layer + ".") for n in nodes)

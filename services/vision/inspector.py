@@ -18,6 +18,7 @@ from torch import nn
 from services.vision.artifact import ModelCard, load_artifact
 from services.vision.dataset import preprocess
 from services.vision.defects import DefectRegion, find_defects
+from services.vision.tracing import TRACE_GUARD
 
 
 @dataclass
@@ -59,7 +60,7 @@ class Inspector:
         """Raw scores, maps and embeddings for a preprocessed (B, 3, S, S) batch, and the residual
         features that give defects their embeddings when the model has them (PatchCore)."""
         residuals = None
-        with torch.inference_mode():
+        with TRACE_GUARD.shared(), torch.inference_mode():  # (no model is being traced meanwhile)
             with_residuals = getattr(self.model, "score_with_residuals", None)
             if callable(with_residuals):
                 scores, maps, embeddings, grid = with_residuals(batch)
