@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 from services.inference.ports import InferencePort
@@ -46,6 +47,7 @@ class RegistryFollower:
         self.interval_s = interval_s
         self.failed: dict[str, str] = {}  # recipe -> the version that would not load
         self.swaps = 0
+        self.load_s: list[float] = []  # per swap: loading the new models from the registry
 
     async def run(self) -> None:
         """Follow until cancelled."""
@@ -72,6 +74,7 @@ class RegistryFollower:
         if not wanted:
             return False
         models = dict(self.inspectors)
+        loading = time.perf_counter()
         for recipe, version in wanted.items():
             try:
                 path = self.registry.model_dir(recipe, version)
@@ -88,6 +91,7 @@ class RegistryFollower:
                 models[recipe] = self.inspectors[recipe]
         if all(models[r] is self.inspectors[r] for r in models):
             return False
+        self.load_s.append(time.perf_counter() - loading)
         await self.port.swap(self.open_port(models))
         self.inspectors = models
         self.swaps += 1
