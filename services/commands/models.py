@@ -63,6 +63,34 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--off", action="store_true")
     shadow.set_defaults(handler=run_shadow)
 
+    retrain = sub.add_parser(
+        "retrain",
+        help="retrain a recipe's production model with the frames reviewers confirmed, when a rule says so",
+        description="Rules: --false-alarms N confirmed false alarms, --max-miss-rate M (the card's estimate),"
+        " a drift alert since the model was made. The new model learns from its training images plus the"
+        " frames confirmed good; the frames confirmed defective set its operating curve (3 at least). It is"
+        " registered as a new version (promoted only with --promote).",
+    )
+    common(retrain)
+    retrain.add_argument("--recipe", required=True)
+    retrain.add_argument(
+        "--out", type=Path, required=True, help="a new folder for the training set and model"
+    )
+    retrain.add_argument("--data", type=Path, help="the training data root (default: the model card's)")
+    retrain.add_argument("--labels", metavar="URL", help="label store URL (default: stores.labels)")
+    retrain.add_argument("--blobs", metavar="URL", help="blob store URL (default: stores.blobs)")
+    retrain.add_argument(
+        "--records", metavar="URL", help="record store URL, for drift alerts (stores.records)"
+    )
+    retrain.add_argument("--weights", type=Path, help="the backbone's weights (as given to linewatch train)")
+    retrain.add_argument("--false-alarms", type=int, default=20)
+    retrain.add_argument("--max-miss-rate", type=float, default=0.10)
+    retrain.add_argument("--no-drift", action="store_true", help="drift alerts do not call for retraining")
+    retrain.add_argument("--check", action="store_true", help="say whether retraining is due, do nothing")
+    retrain.add_argument("--force", action="store_true", help="retrain even when no rule calls for it")
+    retrain.add_argument("--promote", action="store_true", help="make the new version the production model")
+    retrain.set_defaults(handler=run_retrain)
+
 
 def _registry(args: argparse.Namespace) -> FileModelRegistry:
     url = args.registry
@@ -163,4 +191,71 @@ def run_shadow(args: argparse.Namespace) -> int:
         )
     except (RegistryError, ValueError) as error:
         return _fail(error)
+    return 0
+
+
+def run_retrain(args: argparse.Namespace) -> int:
+    from services.review.retrain import RetrainRules, build_training_set, reasons_to_retrain, retrain_config
+    from services.storage.stores import open_blob_store, open_label_store, open_record_store
+    from services.vision import evaluate
+    from services.vision.artifact import write_card
+    from services.vision.inspector import Inspector
+    from services.vision.train import train
+
+    config = args.config if args.config is not None else Path("linewatch.yaml")
+    settings = load_settings(config) if config.is_file() else LinewatchSettings()
+    try:
+        registry = _registry(args)
+        production = registry.stages(args.recipe).production
+        if production is None:
+            raise RegistryError(f"{args.recipe} has no production model in the registry")
+        current = Inspector.load(registry.model_dir(args.recipe, production)).card
+    except (RegistryError, ValueError) as error:
+        return _fail(error)
+    rules = RetrainRules(args.false_alarms, args.max_miss_rate, not args.no_drift)
+    labels = open_label_store(args.labels or settings.stores.labels)
+    records = open_record_store(args.records or settings.stores.records)
+    try:
+        reasons = reasons_to_retrain(rules, current, args.recipe, labels, records)
+        print(
+            f"{args.recipe} {production}: "
+            + ("; ".join(reasons) if reasons else "no rule calls for retraining")
+        )
+        if args.check or not (reasons or args.force):
+            return 0
+        if args.out.exists():
+            return _fail(ValueError(f"--out {args.out} exists: give a new folder"))
+        blobs = open_blob_store(args.blobs or settings.stores.blobs)
+        try:
+            data = build_training_set(
+                args.data or Path(current.training.data_root),
+                current.training.category,
+                args.recipe,
+                labels,
+                blobs,
+                args.out / "data",
+            )
+        finally:
+            blobs.close()
+        print(
+            f"training set: {data.base_images} images of the last training,"
+            f" {data.confirmed_good} confirmed good, {data.confirmed_defects} confirmed defective"
+            + (f", {data.missing_images} reviewed frames without their image" if data.missing_images else "")
+        )
+        model_dir = args.out / "model"
+        card = train(retrain_config(current, data, model_dir, args.weights, progress=True))
+        if data.confirmed_defects >= evaluate.MIN_REAL_DEFECTS:
+            scores, _ = evaluate.real_defect_scores(Inspector.load(model_dir), data.defects_dir)
+            card = evaluate.with_real_defects(card, scores, "confirmed by reviewers")
+            write_card(card, model_dir)
+        note = "retrained: " + ("; ".join(reasons) if reasons else "forced")
+        entry = registry.register(model_dir, args.recipe, _actor(args), note)
+        print(f"registered {entry.recipe} {entry.version} ({note})")
+        if args.promote:
+            _print_stages(registry.promote(args.recipe, entry.version, _actor(args)))
+    except (RegistryError, ValueError, OSError) as error:
+        return _fail(error)
+    finally:
+        labels.close()
+        records.close()
     return 0

@@ -520,34 +520,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-MIN_REAL_DEFECTS = 3
-
-
 def real_defect_scores(args: argparse.Namespace) -> list[float]:
-    """The model's raw image scores of the defect images under ``args.defects``; ValueError when
-    fewer than :data:`MIN_REAL_DEFECTS` of them can be read."""
-    from services.vision.dataset import SkippedFile, iter_batches
-    from services.vision.images import IMAGE_SUFFIXES
+    """The model's raw image scores of the defect images under ``args.defects``."""
+    from services.vision import evaluate
     from services.vision.inspector import Inspector
 
-    folder: Path = args.defects
-    if not folder.is_dir():
-        raise ValueError(f"--defects {folder} is not a folder")
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    paths = [  # MVTec's masks and good parts may lie below the same folder
-        p for p in paths if not p.stem.endswith("_mask") and "good" not in p.relative_to(folder).parts[:-1]
-    ]
-    inspector = Inspector.load(args.model)
-    skipped: list[SkippedFile] = []
-    scores: list[float] = []
-    for batch in iter_batches(paths, inspector.image_size, 8, skipped, inspector.card.roi):
-        scores.extend(float(s) for s in inspector.score_batch(batch.images).scores)
+    scores, skipped = evaluate.real_defect_scores(Inspector.load(args.model), args.defects)
     for bad in skipped:
         print(f"  skipped {bad.path}: {bad.reason}")
-    if len(scores) < MIN_REAL_DEFECTS:
-        raise ValueError(
-            f"--defects {folder}: {len(scores)} readable defect images, {MIN_REAL_DEFECTS} needed at least"
-        )
     return scores
 
 

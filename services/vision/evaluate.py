@@ -173,3 +173,45 @@ def evaluate(
         skipped=scored.skipped,
         per_type=scored.per_type,
     )
+
+
+MIN_REAL_DEFECTS = 3
+
+
+def defect_images(folder: Path) -> list[Path]:
+    """The images of defective parts below ``folder``: every image file but those in folders named
+    ``good`` and MVTec's ``*_mask`` files (a test set's folder may be given whole)."""
+    from services.vision.images import IMAGE_SUFFIXES
+
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return [
+        p for p in paths if not p.stem.endswith("_mask") and "good" not in p.relative_to(folder).parts[:-1]
+    ]
+
+
+def real_defect_scores(inspector: Inspector, folder: Path) -> tuple[list[float], list[SkippedFile]]:
+    """The model's raw image scores of the defect images below ``folder`` (:func:`defect_images`),
+    and the files it could not read; ValueError when fewer than :data:`MIN_REAL_DEFECTS` scored."""
+    from services.vision.dataset import iter_batches
+
+    skipped: list[SkippedFile] = []
+    scores: list[float] = []
+    for batch in iter_batches(defect_images(folder), inspector.image_size, 8, skipped, inspector.card.roi):
+        scores.extend(float(s) for s in inspector.score_batch(batch.images).scores)
+    if len(scores) < MIN_REAL_DEFECTS:
+        raise ValueError(
+            f"{folder}: {len(scores)} readable defect images, {MIN_REAL_DEFECTS} needed at least"
+        )
+    return scores, skipped
+
+
+def with_real_defects(card: ModelCard, scores: list[float], name: str) -> ModelCard:
+    """The card with ``scores`` of real defects in its operating curve's defect scores."""
+    if card.operating is None:
+        raise ValueError(
+            f"{card.name} {card.version} keeps no operating curve (trained before there was one)"
+        )
+    curve = card.operating.model_copy(update={"defects": f"real: {name}", "defect_scores": scores})
+    return card.model_copy(update={"operating": curve})
