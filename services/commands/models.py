@@ -7,6 +7,7 @@ import argparse
 import getpass
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from services.config import LinewatchSettings, load_settings
@@ -62,6 +63,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--version")
     group.add_argument("--off", action="store_true")
     shadow.set_defaults(handler=run_shadow)
+
+    compare = actions.add_parser(
+        "compare",
+        help="shadow evaluation: a candidate scores the frames production inspected",
+    )
+    common(compare)
+    compare.add_argument("--recipe", required=True)
+    compare.add_argument("--version", help="the candidate (default: the recipe's shadow model)")
+    compare.add_argument("--records", metavar="URL", help="record store URL (default: stores.records)")
+    compare.add_argument("--blobs", metavar="URL", help="blob store URL (default: stores.blobs)")
+    compare.add_argument(
+        "--labels", metavar="URL", help="label store URL, for review outcomes (stores.labels)"
+    )
+    compare.add_argument("--from", dest="since", metavar="TIME", help="captured at or after (ISO 8601)")
+    compare.add_argument("--to", dest="until", metavar="TIME", help="captured before (ISO 8601)")
+    compare.add_argument("--limit", type=int, default=2000, help="the newest frames at most (2000)")
+    compare.add_argument("--json", action="store_true", help="print the report as JSON")
+    compare.set_defaults(handler=run_compare)
 
     retrain = sub.add_parser(
         "retrain",
@@ -258,4 +277,71 @@ def run_retrain(args: argparse.Namespace) -> int:
     finally:
         labels.close()
         records.close()
+    return 0
+
+
+def _when(text: str | None, flag: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{flag} {text!r} is not an ISO 8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from services.registry.shadow import compare, save_shadow, shadow_score, stored_inspections
+    from services.storage.stores import open_blob_store, open_label_store, open_record_store
+    from services.vision.inspector import Inspector
+
+    config = args.config if args.config is not None else Path("linewatch.yaml")
+    settings = load_settings(config) if config.is_file() else LinewatchSettings()
+    try:
+        if args.limit < 1:
+            raise ValueError("--limit must be at least 1")
+        since, until = _when(args.since, "--from"), _when(args.until, "--to")
+        registry = _registry(args)
+        version = args.version or registry.stages(args.recipe).shadow
+        if version is None:
+            raise RegistryError(
+                f"{args.recipe} has no shadow model: give --version or set one (models shadow)"
+            )
+        candidate = Inspector.load(registry.model_dir(args.recipe, version))
+    except (RegistryError, ValueError) as error:
+        return _fail(error)
+    records = open_record_store(args.records or settings.stores.records)
+    blobs = open_blob_store(args.blobs or settings.stores.blobs)
+    labels = open_label_store(args.labels or settings.stores.labels)
+    try:
+        frames = stored_inspections(records, args.recipe, since, until, args.limit)
+        verdicts, skipped = shadow_score(candidate, frames, blobs, labels)
+        report = compare(args.recipe, version, verdicts, skipped)
+        saved = save_shadow(registry.entry_dir(args.recipe, version), verdicts, report)
+    finally:
+        labels.close()
+        blobs.close()
+        records.close()
+    if args.json:
+        print(json.dumps(report.as_json()))
+        return 0
+    print(
+        f"{args.recipe}: candidate {version} on {report.frames} frames production inspected"
+        + (f" ({report.skipped} without their image)" if report.skipped else "")
+    )
+    print(
+        f"  agreement {report.agreement:.1%};"
+        f" production verdict -> candidate verdict: {json.dumps(report.table)}"
+    )
+    print(f"  normalised scores, production {report.production_scores}, candidate {report.candidate_scores}")
+    if report.reviewed:
+        for model, counts in report.outcomes.items():
+            print(
+                f"  {model}: {counts['false_alarms']} false alarms on {counts['reviewed_good']}"
+                " frames confirmed good,"
+                f" {counts['misses']} misses on {counts['reviewed_defect']} confirmed defective"
+            )
+    else:
+        print("  no reviewed frames among them: agreement and scores only")
+    print(f"  verdicts and report kept in {saved} (the records are unchanged)")
     return 0

@@ -114,6 +114,11 @@ class FileModelRegistry:
         self._need(recipe, version)
         return self._recipe_dir(recipe) / version / "artifact"
 
+    def entry_dir(self, recipe: str, version: str) -> Path:
+        """The version's folder in the registry (its artifact, entry and shadow reports)."""
+        self._need(recipe, version)
+        return self._recipe_dir(recipe) / version
+
     def close(self) -> None:
         """Nothing to let go of (the registry holds no open files between calls)."""
 
