@@ -64,6 +64,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--off", action="store_true")
     shadow.set_defaults(handler=run_shadow)
 
+    canary = actions.add_parser("canary", help="let a version take a share of the recipe's frames (or --off)")
+    common(canary)
+    canary.add_argument("--recipe", required=True)
+    which = canary.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version")
+    which.add_argument("--off", action="store_true")
+    canary.add_argument("--share", type=float, default=0.1, help="share of the recipe's frames (0.1)")
+    canary.set_defaults(handler=run_canary)
+
     compare = actions.add_parser(
         "compare",
         help="shadow evaluation: a candidate scores the frames production inspected",
@@ -137,7 +146,12 @@ def _fail(error: Exception) -> int:
 
 
 def _print_stages(stages: RecipeStages) -> None:
-    print(f"{stages.recipe}: production {stages.production or '–'}, shadow {stages.shadow or '–'}")
+    canary = (
+        f", canary {stages.canary} at {stages.canary_share:.0%}"
+        if stages.canary and stages.canary_share
+        else ""
+    )
+    print(f"{stages.recipe}: production {stages.production or '–'}, shadow {stages.shadow or '–'}{canary}")
 
 
 def run_register(args: argparse.Namespace) -> int:
@@ -178,6 +192,7 @@ def run_list(args: argparse.Namespace) -> int:
         for entry in versions:
             where = " (production)" if entry.version == stages.production else ""
             where += " (shadow)" if entry.version == stages.shadow else ""
+            where += " (canary)" if entry.version == stages.canary else ""
             misses = entry.estimates.get("miss_rate")
             estimate = f", est. miss {misses:.1%}" if misses is not None else ""
             print(
@@ -277,6 +292,19 @@ def run_retrain(args: argparse.Namespace) -> int:
     finally:
         labels.close()
         records.close()
+    return 0
+
+
+def run_canary(args: argparse.Namespace) -> int:
+    try:
+        registry = _registry(args)
+        if args.off:
+            stages = registry.set_canary(args.recipe, None, None, _actor(args))
+        else:
+            stages = registry.set_canary(args.recipe, args.version, args.share, _actor(args))
+        _print_stages(stages)
+    except (RegistryError, ValueError) as error:
+        return _fail(error)
     return 0
 
 

@@ -110,6 +110,14 @@ class FileModelRegistry:
             self._need(recipe, version)
         return self._change(recipe, actor, "shadow" if version is not None else "shadow off", version)
 
+    def set_canary(self, recipe: str, version: str | None, share: float | None, actor: str) -> RecipeStages:
+        """Let ``version`` take ``share`` (0 < share < 1) of the recipe's frames; None turns it off."""
+        if version is not None:
+            self._need(recipe, version)
+            if share is None or not 0 < share < 1:
+                raise RegistryError(f"a canary takes a share of the frames between 0 and 1, got {share}")
+        return self._change(recipe, actor, "canary" if version is not None else "canary off", version, share)
+
     def model_dir(self, recipe: str, version: str) -> Path:
         self._need(recipe, version)
         return self._recipe_dir(recipe) / version / "artifact"
@@ -124,7 +132,9 @@ class FileModelRegistry:
 
     # ------------------------------------------------------------------------------------------
 
-    def _change(self, recipe: str, actor: str, action: StageAction, version: str | None) -> RecipeStages:
+    def _change(
+        self, recipe: str, actor: str, action: StageAction, version: str | None, share: float | None = None
+    ) -> RecipeStages:
         with self._locked(recipe):
             stages = self.stages(recipe)
             now = datetime.now(UTC)
@@ -137,6 +147,8 @@ class FileModelRegistry:
                     raise RegistryError(f"{recipe} has no earlier production model to roll back to")
                 version, previous = timeline[-2], stages.production
                 update = {"production": version}
+            elif action in ("canary", "canary off"):
+                update, previous = {"canary": version, "canary_share": share}, stages.canary
             else:
                 update, previous = {"shadow": version}, stages.shadow
             change = StageChange(at=now, actor=actor, action=action, version=version, previous=previous)

@@ -29,10 +29,11 @@ def production_inspectors(registry: ModelRegistry, recipes: list[str] | None = N
 
 
 class RegistryFollower:
-    """Polls the registry every ``interval_s``; on a new production version of a served recipe it
-    loads the model (in a thread), opens a port with ``open_port`` over the new set of models and
-    swaps it in. A version that fails to load is logged and skipped until production moves again;
-    the running models keep serving."""
+    """Polls the registry every ``interval_s``; on a new production version of a served recipe, or
+    a canary set, changed or taken off, it loads the model (in a thread), opens a port with
+    ``open_port`` over the new set of models (a :class:`~services.inference.canary.CanaryPort` when a
+    recipe has a canary) and swaps it in. A version that fails to load is logged and skipped until
+    the registry names another; the running models keep serving."""
 
     def __init__(
         self,
@@ -46,6 +47,7 @@ class RegistryFollower:
         self.inspectors = dict(inspectors)
         self.interval_s = interval_s
         self.failed: dict[str, str] = {}  # recipe -> the version that would not load
+        self.canaries: dict[str, tuple[Inspector, float]] = {}  # recipe -> candidate and its share
         self.swaps = 0
         self.load_s: list[float] = []  # per swap: loading the new models from the registry
 
@@ -62,37 +64,64 @@ class RegistryFollower:
 
     async def check(self) -> bool:
         """Look once; True when models were swapped."""
-        wanted: dict[str, str] = {}
+        wanted_production: dict[str, str] = {}
+        wanted_canary: dict[str, tuple[str, float] | None] = {}
         for recipe, inspector in self.inspectors.items():
-            version = (await asyncio.to_thread(self.registry.stages, recipe)).production
+            stages = await asyncio.to_thread(self.registry.stages, recipe)
+            version = stages.production
             if (
                 version is not None
                 and version != inspector.card.version
                 and self.failed.get(recipe) != version
             ):
-                wanted[recipe] = version
-        if not wanted:
+                wanted_production[recipe] = version
+            canary = (stages.canary, stages.canary_share or 0.0) if stages.canary is not None else None
+            running = self.canaries.get(recipe)
+            now = (running[0].card.version, running[1]) if running is not None else None
+            if canary != now and (canary is None or self.failed.get(recipe) != canary[0]):
+                wanted_canary[recipe] = canary
+        if not wanted_production and not wanted_canary:
             return False
-        models = dict(self.inspectors)
         loading = time.perf_counter()
-        for recipe, version in wanted.items():
-            try:
-                path = self.registry.model_dir(recipe, version)
-                models[recipe] = await asyncio.to_thread(Inspector.load, path)
-            except (ArtifactError, OSError, ValueError) as error:
-                log.error(
-                    "model %s %s from the registry did not load (%s): keeping %s",
-                    recipe,
-                    version,
-                    error,
-                    self.inspectors[recipe].card.version,
-                )
-                self.failed[recipe] = version
-                models[recipe] = self.inspectors[recipe]
-        if all(models[r] is self.inspectors[r] for r in models):
+        models = dict(self.inspectors)
+        canaries = dict(self.canaries)
+        for recipe, version in wanted_production.items():
+            loaded = await self._load(recipe, version)
+            if loaded is not None:
+                models[recipe] = loaded
+        for recipe, wanted in wanted_canary.items():
+            if wanted is None:
+                canaries.pop(recipe, None)
+                continue
+            loaded = await self._load(recipe, wanted[0])
+            if loaded is not None:
+                canaries[recipe] = (loaded, wanted[1])
+        same_models = all(models[r] is self.inspectors[r] for r in models)
+        if same_models and canaries == self.canaries:
             return False
         self.load_s.append(time.perf_counter() - loading)
-        await self.port.swap(self.open_port(models))
-        self.inspectors = models
+        port = self.open_port(models)
+        if canaries:
+            from services.inference.canary import CanaryPort
+
+            port = CanaryPort(
+                port,
+                {r: (self.open_port({r: inspector}), share) for r, (inspector, share) in canaries.items()},
+            )
+        await self.port.swap(port)
+        self.inspectors, self.canaries = models, canaries
         self.swaps += 1
         return True
+
+    async def _load(self, recipe: str, version: str) -> Inspector | None:
+        try:
+            return await asyncio.to_thread(Inspector.load, self.registry.model_dir(recipe, version))
+        except (ArtifactError, OSError, ValueError) as error:
+            log.error(
+                "model %s %s from the registry did not load (%s): the running models keep serving",
+                recipe,
+                version,
+                error,
+            )
+            self.failed[recipe] = version
+            return None

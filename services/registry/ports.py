@@ -8,7 +8,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-StageAction = Literal["promoted", "rolled back", "shadow", "shadow off"]
+StageAction = Literal["promoted", "rolled back", "shadow", "shadow off", "canary", "canary off"]
 
 
 class RegisteredModel(BaseModel):
@@ -50,6 +50,8 @@ class RecipeStages(BaseModel):
     recipe: str
     production: str | None = None
     shadow: str | None = None
+    canary: str | None = None  # takes canary_share of the recipe's frames on a line following the registry
+    canary_share: float | None = None
     history: list[StageChange] = Field(default_factory=list)
 
 
@@ -88,6 +90,10 @@ class ModelRegistry(Protocol):
         ...
 
     def set_shadow(self, recipe: str, version: str | None, actor: str) -> RecipeStages: ...
+
+    def set_canary(
+        self, recipe: str, version: str | None, share: float | None, actor: str
+    ) -> RecipeStages: ...
 
     def model_dir(self, recipe: str, version: str) -> Path:
         """Where the version's artifact can be loaded from (``Inspector.load``)."""

@@ -212,3 +212,37 @@ def limit_all(records: SqliteRecordStore):  # type: ignore[no-untyped-def]
     from services.storage.query import InspectionQuery
 
     return InspectionQuery(limit=10_000)
+
+
+def test_a_canary_takes_its_share_of_the_frames(versions: tuple[Path, Path], tmp_path: Path) -> None:
+    """A canary at 25%: a quarter of the line's frames are scored by the candidate, the rest by
+    production; taking the canary off sends everything back to production."""
+    registry = FileModelRegistry(tmp_path / "registry")
+    for version in versions:
+        registry.register(version, "housing-A", "ops")
+    registry.promote("housing-A", "2025.03-v1", "ops")
+    with pytest.raises(RegistryError, match="between 0 and 1"):
+        registry.set_canary("housing-A", "2025.03-v2", 1.5, "ops")
+    registry.set_canary("housing-A", "2025.03-v2", 0.25, "ops")
+    inspectors = production_inspectors(registry)
+    records, blobs = SqliteRecordStore(tmp_path / "records.db"), FileBlobStore(tmp_path / "blobs")
+    port = SwappablePort(LocalInference(inspectors))
+    follower = RegistryFollower(
+        registry, port, inspectors, lambda models: LocalInference(models), interval_s=60
+    )
+
+    async def scenario() -> None:
+        assert await follower.check()  # the canary is set up before any frame
+        line = Line(
+            [ListSource([captured(i) for i in range(80)])], [], port, records, blobs, LineOptions(max_batch=1)
+        )
+        await line.run()
+
+    asyncio.run(scenario())
+    stored = records.query_inspections(limit_all(records))
+    by_version = {v: sum(1 for s in stored if s.model_version == v) for v in ("2025.03-v1", "2025.03-v2")}
+    assert len(stored) == 80 and by_version == {"2025.03-v1": 60, "2025.03-v2": 20}
+    assert port.models["housing-A"].endswith("+ canary synthetic-patchcore 2025.03-v2 at 25%")
+    registry.set_canary("housing-A", None, None, "ops")
+    assert [c.action for c in registry.stages("housing-A").history][-2:] == ["canary", "canary off"]
+    records.close()
