@@ -1,6 +1,6 @@
 """The FastAPI application: ``create_app`` wires the stores, the model and the routers together."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -12,11 +12,13 @@ from services.api.limits import BodySizeLimitMiddleware
 from services.api.metrics import ApiMetrics, RequestMetricsMiddleware
 from services.api.routes import analytics, dashboard, docs, health, inspect, inspections, line
 from services.api.routes import labels as label_routes
+from services.api.routes import models as model_routes
 from services.api.settings import ApiSettings
 from services.inference.ports import InferencePort
 from services.steps.admit import AdmissionRules
 from services.steps.join import ProcessHistory
 from services.storage.ports import BlobStore, LabelStore, RecordStore
+from services.vision.artifact import ModelCard
 
 DESCRIPTION = """\
 Inspect frames from AOI machines and read back what the line found.
@@ -36,6 +38,7 @@ def create_app(
     rules: AdmissionRules | None = None,
     history: ProcessHistory | None = None,
     labels: LabelStore | None = None,
+    cards: Mapping[str, ModelCard] | None = None,
 ) -> FastAPI:
     """The API over ``records`` and ``blobs``; without ``inference``, POST /v1/inspect answers 503.
 
@@ -44,7 +47,8 @@ def create_app(
     an uploaded frame must satisfy (default: a recipe the inference port has a model for);
     ``history`` the running line's process history, joined to each upload. ``registry`` holds the
     running line's metrics for ``/metrics``; ``line_status()`` adds the line's own state to
-    ``/v1/status``. ``labels`` holds the review queue (``/v1/labels``; 503 without it).
+    ``/v1/status``. ``labels`` holds the review queue (``/v1/labels``; 503 without it);
+    ``cards`` are the served models' cards (``/v1/models``: thresholds and operating curves).
     """
     if settings.auth_required and not settings.key_hashes:
         raise ValueError(
@@ -56,7 +60,17 @@ def create_app(
     if rules is None:
         rules = AdmissionRules(recipes=inference.recipes if inference is not None else frozenset())
     app.state.linewatch = ApiContext(
-        settings, records, blobs, inference, metrics, rules, registry, line_status, history, labels
+        settings,
+        records,
+        blobs,
+        inference,
+        metrics,
+        rules,
+        registry,
+        line_status,
+        history,
+        labels,
+        dict(cards or {}),
     )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: counts the 413s too
@@ -69,6 +83,7 @@ def create_app(
         line.router,
         analytics.router,
         label_routes.router,
+        model_routes.router,
     )
     for router in routers:
         app.include_router(router, dependencies=needs_key)

@@ -1,7 +1,7 @@
 """What every request handler needs (stores, inference, metrics), kept on the app, handed out by Depends."""
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -13,6 +13,7 @@ from services.inference.ports import InferencePort
 from services.steps.admit import AdmissionRules
 from services.steps.join import ProcessHistory
 from services.storage.ports import BlobStore, LabelStore, RecordStore
+from services.vision.artifact import ModelCard
 
 
 @dataclass
@@ -27,6 +28,7 @@ class ApiContext:
     line_status: Callable[[], dict[str, Any]] | None = None
     history: ProcessHistory | None = None  # the running line's process history, joined to uploads
     labels: LabelStore | None = None  # None: the /v1/labels routes answer 503
+    cards: dict[str, ModelCard] = field(default_factory=dict)  # recipe -> the card of its model (/v1/models)
 
 
 def get_context(request: Request) -> ApiContext:

@@ -215,6 +215,7 @@ def build_api(
             line.options.admission(inference.recipes) if line is not None and inference else None,
             line.history if line is not None else None,
             stores.labels,
+            {recipe: inspector.card for recipe, inspector in (inspectors or {}).items()},
         )
     except ValueError as err:
         raise ApiServerError(str(err)) from err

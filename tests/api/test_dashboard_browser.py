@@ -21,6 +21,7 @@ from services.inference.thread import InferenceThread
 from services.ingest.synthetic import render_part
 from services.storage.sqlite_record_store import SqliteRecordStore
 from services.storage.tiered_blob_store import TieredBlobStore
+from services.vision.inspector import Inspector
 from services.vision.overlay import encode_png
 from tests.api.conftest import API_KEY
 from tests.api.factories import make_alert
@@ -294,3 +295,35 @@ def test_the_review_page_records_a_decision_with_a_drawn_mask(
         assert good is not None and good.ground_truth == "good"
         assert labels.count_labels(LabelQuery(status="queued")) == 3
     blobs.close()
+
+
+def test_the_models_page_draws_the_operating_curve(
+    tmp_path: Path, tiny_inference: InferenceThread, tiny_inspector: Inspector
+) -> None:
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's chromium package to run the dashboard test")
+    from playwright.sync_api import expect, sync_playwright
+
+    with SqliteRecordStore(tmp_path / "records.db") as records:
+        blobs = TieredBlobStore.at(tmp_path / "blobs")
+        app = create_app(
+            ApiSettings(keys=[API_KEY]), records, blobs, cards={"housing-A": tiny_inspector.card}
+        )
+        with serving(app) as base_url, sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{base_url}/dashboard/")
+            page.fill("#api-key", API_KEY)
+            page.click("#login-form button")
+            page.click("a.nav >> text=Models")
+            expect(page).to_have_url(re.compile(r"/dashboard/models\.html$"))
+            model = page.locator("section.model[data-recipe='housing-A']")
+            expect(model.locator("h2")).to_contain_text(tiny_inspector.card.version)
+            expect(model.locator("svg.curve polyline")).to_have_count(2)
+            expect(model.locator("svg.curve line.mark")).to_have_count(
+                2
+            )  # the REVIEW edge and the NG threshold
+            expect(model.locator("table.estimates")).to_contain_text("Misses (defective called OK)")
+            page.screenshot(path=str(tmp_path / "models.png"), full_page=True)
+            browser.close()
+        blobs.close()

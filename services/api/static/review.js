@@ -146,7 +146,7 @@
       error.hidden = false;
       return;
     }
-    document.getElementById("queue-count").textContent = `${page.total} waiting`;
+    document.getElementById("queue-count").textContent = `(${page.total} waiting)`;
     document.getElementById("queue-empty").hidden = page.items.length > 0;
     const body = document.querySelector("#queue tbody");
     body.replaceChildren(...page.items.map((label) => {
