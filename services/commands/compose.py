@@ -6,10 +6,10 @@ run``, ``demo`` and ``serve`` (and a Faust worker) are wired the same way.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from services.storage.ports import BlobStore, LabelStore, RecordStore
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from services.api.server import ApiServer
     from services.api.settings import ApiSettings
     from services.config import LinewatchSettings
+    from services.inference.ports import InferencePort
     from services.inference.thread import InferenceThread
     from services.stream.runtime import Line
     from services.vision.inspector import Inspector
@@ -130,21 +131,7 @@ def build_line(
     from services.analytics.alerting import Alerting
 
     alerting = Alerting(stores.records, settings.alerts, settings.clustering)
-    companions = []
-    if settings.registry is not None and inspectors:  # (a remote port's server holds the models)
-        from services.inference.swap import SwappablePort
-        from services.registry.files import open_registry
-        from services.registry.follow import RegistryFollower
-
-        inference = SwappablePort(inference)
-        follower = RegistryFollower(
-            open_registry(settings.registry),
-            inference,
-            inspectors,
-            lambda models: open_inference(url, models, options.max_batch),
-            settings.registry_poll_s,
-        )
-        companions.append(follower.run)
+    inference, companions = follow_registry(settings, inference, inspectors, url, options.max_batch)
     return Line(
         frames,
         process,
@@ -155,6 +142,35 @@ def build_line(
         alerting=alerting,
         companions=companions,
     )
+
+
+def follow_registry(
+    settings: LinewatchSettings,
+    inference: InferencePort,
+    inspectors: Mapping[str, Inspector],
+    url: str,
+    max_batch: int | None = None,
+) -> tuple[InferencePort, list[Callable[[], Coroutine[Any, Any, None]]]]:
+    """With a registry in the settings and local models: the port made swappable and the follower
+    that swaps models when the registry's stages change (to run beside the port, in its loop);
+    otherwise the port as it is and nothing to run."""
+    if settings.registry is None or not inspectors:  # (a remote port's server holds the models)
+        return inference, []
+    from services.inference.swap import SwappablePort
+    from services.inference.urls import open_inference
+    from services.registry.files import open_registry
+    from services.registry.follow import RegistryFollower
+
+    batch = max_batch or settings.batching.max_batch
+    swappable = SwappablePort(inference)
+    follower = RegistryFollower(
+        open_registry(settings.registry),
+        swappable,
+        inspectors,
+        lambda models: open_inference(url, models, batch),
+        settings.registry_poll_s,
+    )
+    return swappable, [follower.run]
 
 
 @dataclass

@@ -104,7 +104,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
     from services.analytics.alerting import Alerting
     from services.analytics.clustering import PeriodicClustering
-    from services.commands.compose import load_local_models, open_stores
+    from services.commands.compose import follow_registry, load_local_models, open_stores
     from services.config import load_settings
     from services.distributed.process_reader import ProcessReader
     from services.distributed.topics import ensure_topics
@@ -117,11 +117,16 @@ def run_worker(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args.config)
-        if not settings.models:
-            raise ValueError(f"{args.config} names no models")
+        if not settings.models and settings.registry is None:
+            raise ValueError(f"{args.config} names no models and no registry")
         inspectors = load_local_models(settings)
         url = settings.inference_url()
-        inference = open_inference(url, inspectors, settings.batching.max_batch, settings.models)
+        inference = open_inference(
+            url, inspectors, settings.batching.max_batch, settings.models or inspectors
+        )
+        inference, companions = follow_registry(
+            settings, inference, inspectors, url, settings.batching.max_batch
+        )
         ensure_topics(settings.kafka)
         stores = open_stores(settings.stores.records, settings.stores.blobs, group_commit=True)
         sink = open_record_store(settings.kafka.sink_records) if settings.kafka.sink_records else None
@@ -135,7 +140,7 @@ def run_worker(args: argparse.Namespace) -> int:
     alerting = Alerting(stores.records, settings.alerts)  # clustering runs from the leader's timer
     clustering = PeriodicClustering(stores.records, settings.clustering, on_alert=alerting.notifier.send)
     resources = Resources(
-        stores.records, stores.blobs, InferenceThread(batched), reader, sink, alerting, clustering
+        stores.records, stores.blobs, InferenceThread(batched, companions), reader, sink, alerting, clustering
     )
     app = build_app(settings, resources, args.datadir)
     log.info(

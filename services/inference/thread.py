@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from typing import Any, Final, TypeVar
 
@@ -27,10 +27,14 @@ CLOSE_TIMEOUT_S: Final = 60.0
 class InferenceThread(WrappedPort):
     """``port`` run in a daemon thread's event loop; :meth:`detect` may be awaited from any loop."""
 
-    def __init__(self, port: InferencePort) -> None:
+    def __init__(
+        self, port: InferencePort, companions: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()
+    ) -> None:
         super().__init__(port)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self.companions = list(companions)  # run in the port's loop once it has started (registry follower)
+        self._running: list[Future[None]] = []
 
     def start_in_thread(self) -> None:
         """Start the loop thread and the port in it; raises what the port's start raises."""
@@ -45,6 +49,7 @@ class InferenceThread(WrappedPort):
         except BaseException:
             self.close_thread()
             raise
+        self._running = [self._submit(companion()) for companion in self.companions]
 
     def _submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
         if self._loop is None:
@@ -67,6 +72,9 @@ class InferenceThread(WrappedPort):
         if loop is None or thread is None:
             return
         try:
+            for running in self._running:
+                running.cancel()
+            self._running = []
             if thread.is_alive():
                 asyncio.run_coroutine_threadsafe(self.port.close(), loop).result(CLOSE_TIMEOUT_S)
         finally:

@@ -246,3 +246,35 @@ def test_a_canary_takes_its_share_of_the_frames(versions: tuple[Path, Path], tmp
     registry.set_canary("housing-A", None, None, "ops")
     assert [c.action for c in registry.stages("housing-A").history][-2:] == ["canary", "canary off"]
     records.close()
+
+
+def test_a_worker_s_inference_thread_follows_the_registry(
+    versions: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The distributed worker's port runs in an inference thread; the follower runs beside it there."""
+    import time
+
+    from services.commands.compose import follow_registry
+    from services.config import LinewatchSettings
+    from services.inference.thread import InferenceThread
+
+    registry = FileModelRegistry(tmp_path / "registry")
+    for version in versions:
+        registry.register(version, "housing-A", "ops")
+    registry.promote("housing-A", "2025.03-v1", "ops")
+    settings = LinewatchSettings(registry=(tmp_path / "registry").as_uri(), registry_poll_s=0.05)
+    inspectors = production_inspectors(registry)
+    port, companions = follow_registry(settings, LocalInference(inspectors), inspectors, "local://")
+    thread = InferenceThread(port, companions)
+    thread.start_in_thread()
+    image = [np.full((64, 64, 3), 128, np.uint8)]
+    try:
+        assert asyncio.run(thread.detect("housing-A", image, [(64, 64)])).model_version == "2025.03-v1"
+        registry.promote("housing-A", "2025.03-v2", "ops")
+        deadline = time.monotonic() + 30
+        while "2025.03-v2" not in thread.models["housing-A"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert asyncio.run(thread.detect("housing-A", image, [(64, 64)])).model_version == "2025.03-v2"
+    finally:
+        thread.close_thread()
+    assert follow_registry(LinewatchSettings(), port, inspectors, "local://") == (port, [])
