@@ -164,6 +164,7 @@ def test_a_swap_waits_for_the_old_port_s_batches_and_sends_new_ones_to_the_new_p
     asyncio.run(scenario())
 
 
+@pytest.mark.integration  # a real model in a running line
 def test_the_line_follows_a_promotion_and_loses_no_frame(versions: tuple[Path, Path], tmp_path: Path) -> None:
     """300 frames; the registry's production model changes when the source has given 100 of them:
     every frame is stored exactly once, the first by v1, the last by v2."""
@@ -214,6 +215,7 @@ def limit_all(records: SqliteRecordStore):  # type: ignore[no-untyped-def]
     return InspectionQuery(limit=10_000)
 
 
+@pytest.mark.integration  # a real model in a running line
 def test_a_canary_takes_its_share_of_the_frames(versions: tuple[Path, Path], tmp_path: Path) -> None:
     """A canary at 25%: a quarter of the line's frames are scored by the candidate, the rest by
     production; taking the canary off sends everything back to production."""
@@ -248,6 +250,7 @@ def test_a_canary_takes_its_share_of_the_frames(versions: tuple[Path, Path], tmp
     records.close()
 
 
+@pytest.mark.integration  # a real model in a running line
 def test_a_worker_s_inference_thread_follows_the_registry(
     versions: tuple[Path, Path], tmp_path: Path
 ) -> None:

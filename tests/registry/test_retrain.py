@@ -20,6 +20,8 @@ from services.vision.overlay import encode_png
 from tests.conftest import TRAIN_PARTS
 from tests.storage.factories import T0, make_label
 
+pytestmark = pytest.mark.integration  # the command line end to end, on real stores
+
 
 def test_confirmed_false_alarms_retrain_a_new_version(
     model_dir: Path, mobilenet_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

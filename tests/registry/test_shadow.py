@@ -27,6 +27,8 @@ from services.vision.inspector import Inspector
 from tests.storage.factories import T0
 from tests.stream.fakes import ListSource, captured
 
+pytestmark = pytest.mark.integration  # the command line end to end, on real stores
+
 
 def test_shadow_scores_never_change_the_records(
     model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

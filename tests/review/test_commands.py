@@ -17,6 +17,8 @@ from services.storage.label_query import LabelQuery
 from services.storage.stores import open_blob_store, open_label_store, open_record_store
 from tests.storage.factories import make_inspection
 
+pytestmark = pytest.mark.integration  # the command line end to end, on real stores
+
 
 @pytest.fixture
 def plant(tmp_path: Path) -> dict[str, str]:
