@@ -185,6 +185,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="images of real defective parts (any folders below DIR but 'good'; *_mask files left out): their"
         " scores replace the synthetic defects' on the card, so estimates and --max-miss-rate rest on them",
     )
+    calibrate.add_argument(
+        "--camera",
+        help="set this camera's own thresholds from its recent good frames (OK frames no reviewer called"
+        " defective, NG/REVIEW frames confirmed good) instead of the model's; --off removes them",
+    )
+    calibrate.add_argument(
+        "--records", metavar="URL", help="with --camera: the record store (stores.records)"
+    )
+    calibrate.add_argument("--labels", metavar="URL", help="with --camera: the label store (stores.labels)")
+    calibrate.add_argument(
+        "--since", metavar="TIME", help="with --camera: frames captured since (default 7 days)"
+    )
+    calibrate.add_argument("--off", action="store_true", help="with --camera: back to the model's thresholds")
     calibrate.add_argument("--dry-run", action="store_true", help="print the estimates, change nothing")
     calibrate.set_defaults(handler=run_calibrate)
 
@@ -480,6 +493,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
     except ArtifactError as err:
         print(f"linewatch calibrate: error: {err}", file=sys.stderr)
         return 2
+    if args.camera is not None:
+        return calibrate_one_camera(args, card)
+    if args.off:
+        print("linewatch calibrate: error: --off goes with --camera", file=sys.stderr)
+        return 2
     curve = card.operating
     if curve is None:
         print(
@@ -517,6 +535,71 @@ def run_calibrate(args: argparse.Namespace) -> int:
         write_card(card, args.model)
     print(f"{card.name} {card.version}: {'would set' if args.dry_run else 'set'}")
     print_operating_point(card)
+    return 0
+
+
+def calibrate_one_camera(args: argparse.Namespace, card: ModelCard) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from services.config import LinewatchSettings, load_settings
+    from services.review.camera import calibrate_camera, camera_goods
+    from services.storage.stores import open_label_store, open_record_store
+    from services.vision.artifact import write_card
+
+    camera = args.camera
+    if args.off:
+        if camera not in card.cameras:
+            print(f"linewatch calibrate: error: {camera} has no thresholds of its own", file=sys.stderr)
+            return 2
+        cameras = {k: v for k, v in card.cameras.items() if k != camera}
+        if not args.dry_run:
+            write_card(card.model_copy(update={"cameras": cameras}), args.model)
+        print(f"{camera}: {'would go' if args.dry_run else 'back'} to the model's thresholds")
+        return 0
+    config = Path("linewatch.yaml")
+    settings = load_settings(config) if config.is_file() else LinewatchSettings()
+    now = datetime.now(UTC)
+    try:
+        since = (
+            datetime.fromisoformat(args.since.replace("Z", "+00:00"))
+            if args.since
+            else now - timedelta(days=7)
+        )
+        since = since if since.tzinfo else since.replace(tzinfo=UTC)
+    except ValueError:
+        print(f"linewatch calibrate: error: --since {args.since!r} is not an ISO 8601 time", file=sys.stderr)
+        return 2
+    records = open_record_store(args.records or settings.stores.records)
+    labels = open_label_store(args.labels or settings.stores.labels)
+    try:
+        goods = camera_goods(records, labels, card, camera, since)
+        review_fpr = (
+            args.review_fpr
+            if args.review_fpr is not None
+            else (card.review.review_fpr if card.review else None)
+        )
+        target_fpr = args.target_fpr if args.target_fpr is not None else card.image_calibration.target_fpr
+        own = calibrate_camera(card, goods, target_fpr, review_fpr or None, since, now)
+    except ValueError as err:
+        print(f"linewatch calibrate: error: {camera}: {err}", file=sys.stderr)
+        return 2
+    finally:
+        labels.close()
+        records.close()
+    if not args.dry_run:
+        write_card(card.model_copy(update={"cameras": {**card.cameras, camera: own}}), args.model)
+    band = (
+        f", REVIEW from {own.review.threshold:.4f}"
+        if own.review is not None and own.review.method != "off"
+        else ""
+    )
+    print(
+        f"{camera}: {'would set' if args.dry_run else 'set'} NG threshold"
+        f" {own.image_calibration.threshold:.4f} (model's {card.image_calibration.threshold:.4f}){band},"
+        f" on {own.n_goods} good frames since {since:%Y-%m-%d}"
+        f" ({goods.confirmed_good} confirmed good by a person; left out: {goods.confirmed_defects} confirmed"
+        f" defective, {goods.unreviewed} NG or REVIEW frames nobody reviewed)"
+    )
     return 0
 
 

@@ -38,6 +38,7 @@ def split(detected: Detected, counts: Sequence[int]) -> list[Detected]:
                 dict(detected.timings_ms),
                 detected.model_name,
                 detected.model_version,
+                detected.cameras,
             )
         )
         at += n

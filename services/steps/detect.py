@@ -10,14 +10,15 @@ float per pixel, so it crosses a pipe or the network cheaply.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from services.steps.admit import elapsed_ms
 from services.vision.inspector import Inspector, Prediction
+from services.vision.operating import CameraCalibration
 from services.vision.overlay import heatmap_levels
 
 NO_MAP = np.zeros((0, 0), np.float32)
@@ -32,6 +33,8 @@ class Detected:
     timings_ms: dict[str, float]  # the batch steps (preprocess, infer), each for the whole batch
     model_name: str
     model_version: str
+    # cameras with thresholds of their own (the card's): the finish step grades their frames by them
+    cameras: Mapping[str, CameraCalibration] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.predictions) != len(self.heatmaps):
@@ -76,4 +79,4 @@ def score_preprocessed(
     slim = [replace(prediction, anomaly_map=NO_MAP) for prediction in predictions]
     card = inspector.card
     timings = {"preprocess": preprocess_ms, "infer": elapsed_ms(start)}
-    return Detected(slim, heatmaps, timings, card.name, card.version)
+    return Detected(slim, heatmaps, timings, card.name, card.version, dict(card.cameras))

@@ -65,7 +65,12 @@ def build_inspection(
     process: ProcessSnapshot,
     timings_ms: Mapping[str, float],
 ) -> Inspection:
-    """The record stored for one inspected frame."""
+    """The record stored for one inspected frame; a camera with thresholds of its own (the card's
+    ``cameras``) grades its frames by them."""
+    score, verdict = prediction.score, prediction.verdict
+    own = detected.cameras.get(frame.camera_id)
+    if own is not None:
+        score, verdict = own.grade(prediction.score_raw)
     return Inspection(
         frame_id=frame.frame_id,
         line_id=frame.line_id,
@@ -77,8 +82,8 @@ def build_inspection(
         model_name=detected.model_name,
         model_version=detected.model_version,
         score_raw=prediction.score_raw,
-        score=float(np.clip(prediction.score, 0.0, 1.0)),
-        verdict=prediction.verdict,  # type: ignore[arg-type]  # OK, REVIEW or NG
+        score=float(np.clip(score, 0.0, 1.0)),
+        verdict=verdict,  # type: ignore[arg-type]  # OK, REVIEW or NG
         defects=defects,
         image=frame.image,
         heatmap=heatmap,

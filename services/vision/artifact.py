@@ -30,7 +30,7 @@ from services.vision.defects import DefectRules
 from services.vision.destseg import DestsegModel, DestsegParams, build_destseg
 from services.vision.diffusion.model import DiffusionModel, DiffusionParams
 from services.vision.ensemble import MEMBERS_DIR, EnsembleModel, EnsembleParams
-from services.vision.operating import OperatingCurve, ReviewBand
+from services.vision.operating import CameraCalibration, OperatingCurve, ReviewBand
 from services.vision.patchcore import PatchCoreModel, PatchCoreParams
 from services.vision.spade import SpadeModel, SpadeParams
 
@@ -106,6 +106,8 @@ class ModelCard(BaseModel):
     # estimated rates they imply (services/vision/operating.py); None on cards from before them
     review: ReviewBand | None = None
     operating: OperatingCurve | None = None
+    # cameras with thresholds of their own, set on their recent good frames (linewatch calibrate --camera)
+    cameras: dict[str, CameraCalibration] = {}
     training: TrainingInfo
     versions: dict[str, str]
     tensors: dict[str, list[int]]

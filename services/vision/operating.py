@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.vision.calibration import fit_threshold
+from services.vision.calibration import Calibration, fit_threshold
 
 DEFAULT_REVIEW_FPR = 0.10
 Verdict = Literal["OK", "REVIEW", "NG"]
@@ -83,6 +83,26 @@ class OperatingCurve(BaseModel):
         ]
 
 
+class CameraCalibration(BaseModel):
+    """One camera's own thresholds (``linewatch calibrate --camera``): set on that camera's recent
+    good frames, they replace the model's NG threshold and REVIEW band for its frames. The pixel
+    calibration (heat maps, defects) stays the model's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_calibration: Calibration
+    review: ReviewBand | None = None
+    n_goods: int  # frames the thresholds were set on
+    left_out: int = 0  # unreviewed NG or REVIEW frames of the period (their truth unknown)
+    since: str | None = None  # the period's start (ISO 8601)
+    calibrated_at: str
+
+    def grade(self, raw_score: float) -> tuple[float, Verdict]:
+        """The normalised score and the verdict of a raw image score on this camera."""
+        score = float(self.image_calibration.normalise(raw_score))
+        return score, verdict_of(raw_score, self.image_calibration.threshold, self.review)
+
+
 def review_band(
     good_scores: np.ndarray, ng_threshold: float, review_fpr: float | None, confidence: float
 ) -> ReviewBand:
@@ -97,7 +117,7 @@ def review_band(
 def verdict_of(raw_score: float, ng_threshold: float, band: ReviewBand | None) -> Verdict:
     if raw_score >= ng_threshold:
         return "NG"
-    if band is not None and raw_score >= band.threshold:
+    if band is not None and band.method != "off" and raw_score >= band.threshold:
         return "REVIEW"
     return "OK"
 
