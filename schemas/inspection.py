@@ -71,6 +71,11 @@ class Inspection(Record):
         ),
     )
     embedding: list[FiniteFloat] = Field(default_factory=list, description="Image-level feature vector")
+    member_scores: dict[str, FiniteFloat] = Field(
+        default_factory=dict,
+        description="An ensemble's members' calibrated image scores (0 at each member's own threshold, "
+        "above: anomalous to that member); empty for a single model or members the cascade did not run",
+    )
     process: ProcessSnapshot
     timings_ms: dict[str, float] = Field(default_factory=dict, description="Step name → milliseconds")
     inspected_at: UtcDatetime

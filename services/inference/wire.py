@@ -27,6 +27,7 @@ def encode_prediction(prediction: Prediction, extra: dict[str, Any] | None = Non
         "verdict": prediction.verdict,
         "defects": [asdict(defect) for defect in prediction.defects],
         "embedding": [float(x) for x in np.asarray(prediction.embedding, np.float32)],
+        "member_scores": dict(prediction.member_scores),
         **(extra or {}),
     }
     return json.dumps(body, separators=(",", ":")).encode()
@@ -58,6 +59,7 @@ def decode_prediction(data: bytes) -> tuple[Prediction, dict[str, Any]]:
             anomaly_map=NO_MAP,
             defects=defects,
             embedding=np.asarray(body.pop("embedding"), np.float32),
+            member_scores={str(k): float(v) for k, v in body.pop("member_scores", {}).items()},
         )
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise ValueError(f"not an encoded prediction: {err}") from err

@@ -6,6 +6,8 @@ unlike what the model has seen. Each reason adds to the frame's priority:
 - **review band** (+1): the verdict is REVIEW, the model's own "unsure";
 - **near the NG threshold** (up to +1): the normalised score lies within ``near_band`` of 0.5 (the NG
   threshold), on either side: an OK frame just below it is where misses hide;
+- **ensemble members disagree** (+0.75): one member of an ensemble scores the frame above its own
+  threshold and another below (the inspection's ``member_scores`` straddle 0);
 - **rare defect class** (+0.5): one of its defects has a class or cluster seen fewer than
   ``rare_below`` times among the last ``window`` labelled defects;
 - **unusual latency** (+0.25): its processing took more than ``latency_factor`` times the median of
@@ -14,8 +16,7 @@ unlike what the model has seen. Each reason adds to the frame's priority:
 Frames with no reason are not queued. At most ``budget_per_day`` frames join the queue per line and
 UTC day; when a batch offers more than the budget has left, the highest priorities are taken. Each
 NG or REVIEW frame is auto-labelled whether or not it is queued; OK frames are labelled only when
-queued. (Disagreement between ensemble members would be a reason too; inspections do not carry the
-members' scores yet.)
+queued.
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ class ReviewSelector:
         if policy.near_band > 0 and distance < policy.near_band:
             reasons.append("score near the NG threshold")
             priority += 1.0 - distance / policy.near_band
+        members = list(inspection.member_scores.values())
+        if len(members) >= 2 and max(members) >= 0 > min(members):
+            reasons.append("ensemble members disagree")
+            priority += 0.75
         kinds = [
             kind for defect in inspection.defects if (kind := _kind(defect.defect_class, defect.cluster_id))
         ]

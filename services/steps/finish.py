@@ -88,6 +88,7 @@ def build_inspection(
         image=frame.image,
         heatmap=heatmap,
         embedding=[float(v) for v in prediction.embedding],
+        member_scores=dict(prediction.member_scores),
         process=process,
         timings_ms={name: round(ms, 3) for name, ms in timings_ms.items()},
         inspected_at=datetime.now(UTC),

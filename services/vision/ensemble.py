@@ -130,6 +130,9 @@ class EnsembleModel(nn.Module):
         self.image_size = image_size
         self.params = params
         self.last_passed = 0  # frames of the last batch that went past the pre-screen (observability)
+        # the last batch's members' calibrated image scores (B, members): z, 0 at a member's own
+        # threshold; NaN where the cascade did not run the member
+        self.last_member_z: torch.Tensor | None = None
 
     def member_output(self, index: int, images: torch.Tensor) -> MemberOutput:
         member = self.members[index]
@@ -162,6 +165,8 @@ class EnsembleModel(nn.Module):
         map_fused = self._unit(first.map_z)
         passed = (first.image_z >= p.prescreen).nonzero().flatten()
         self.last_passed = int(passed.numel())
+        member_z = torch.full((images.shape[0], len(self.members)), float("nan"), dtype=torch.float64)
+        member_z[:, 0] = first.image_z.double()
         if passed.numel():
             subset = images[passed]
             image_sum = p.image_weights[0] * image_fused[passed]
@@ -170,6 +175,7 @@ class EnsembleModel(nn.Module):
                 if p.image_weights[i] == 0 and p.map_weights[i] == 0:
                     continue
                 out = self.member_output(i, subset)
+                member_z[passed, i] = out.image_z.double()
                 image_sum = image_sum + p.image_weights[i] * self._unit(out.image_z)
                 map_sum = map_sum + p.map_weights[i] * self._unit(out.map_z)
             image_fused = image_fused.clone()
@@ -178,6 +184,7 @@ class EnsembleModel(nn.Module):
             map_fused[passed] = map_sum / sum(p.map_weights)
         scores = self._to_raw(image_fused).float()
         maps = self._to_raw(map_fused).float()
+        self.last_member_z = member_z
         return scores, maps, first.embeddings.float(), first.residuals
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

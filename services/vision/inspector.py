@@ -29,6 +29,9 @@ class Prediction:
     anomaly_map: np.ndarray = field(repr=False)  # (S, S) normalised pixel scores, float32
     defects: list[DefectRegion]
     embedding: np.ndarray = field(repr=False)  # (D,) float32, for clustering
+    # an ensemble's members' calibrated image scores (0 at each member's own threshold); empty for a
+    # single model, and without the members the cascade did not run
+    member_scores: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -37,6 +40,7 @@ class RawScores:
     maps: np.ndarray  # (B, S, S) float32
     embeddings: np.ndarray  # (B, D) float32
     residuals: np.ndarray | None = None  # (B, D, h, w): what defects add to good patches (PatchCore)
+    member_z: np.ndarray | None = None  # (B, members): an ensemble's members' calibrated scores, NaN: not run
 
 
 class Inspector:
@@ -67,8 +71,13 @@ class Inspector:
                 residuals = grid.float().numpy() if grid is not None else None  # an ensemble's may lack them
             else:
                 scores, maps, embeddings = self.model(batch)
+        member_z = getattr(self.model, "last_member_z", None)
         return RawScores(
-            scores.numpy(), maps.numpy().astype(np.float32), embeddings.numpy().astype(np.float32), residuals
+            scores.numpy(),
+            maps.numpy().astype(np.float32),
+            embeddings.numpy().astype(np.float32),
+            residuals,
+            member_z.numpy() if member_z is not None else None,
         )
 
     def interpret(self, raw: RawScores, frames_hw: Sequence[tuple[int, int]]) -> list[Prediction]:
@@ -93,9 +102,20 @@ class Inspector:
                     anomaly_map=pixel_map,
                     defects=defects,
                     embedding=raw.embeddings[i],
+                    member_scores=self._member_scores(raw, i),
                 )
             )
         return predictions
+
+    def _member_scores(self, raw: RawScores, i: int) -> dict[str, float]:
+        if raw.member_z is None or self.card.kind != "ensemble":
+            return {}
+        names = list(self.card.params.get("members", ())) or [str(m) for m in range(raw.member_z.shape[1])]
+        return {
+            name: round(float(z), 4)
+            for name, z in zip(names, raw.member_z[i], strict=False)
+            if np.isfinite(z)
+        }
 
     def verdict(self, raw_score: float, score: float) -> str:
         """NG at the calibrated threshold (``score`` 0.5), REVIEW in the card's band below it, else OK."""

@@ -100,6 +100,15 @@ def test_the_queue_picks_the_uncertain_frames() -> None:
     assert within_budget(list(results.values()), 0) == set()
 
 
+def test_members_that_disagree_queue_a_frame() -> None:
+    selector = ReviewSelector()
+    split = selector.consider(scored(0.2, member_scores={"patchcore": 0.4, "destseg": -1.2}))
+    agreed = selector.consider(scored(0.2, member_scores={"patchcore": -0.4, "destseg": -1.2}))
+    alone = selector.consider(scored(0.2, member_scores={"patchcore": 0.4}))
+    assert split.reasons == ("ensemble members disagree",) and split.priority == pytest.approx(0.75)
+    assert agreed.reasons == () and alone.reasons == ()
+
+
 def test_the_policy_refuses_settings_that_make_no_sense() -> None:
     with pytest.raises(ValueError, match="budget"):
         ReviewPolicy(budget_per_day=-1)

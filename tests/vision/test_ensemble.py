@@ -233,3 +233,30 @@ def test_the_ensemble_scores_like_its_inspector_after_a_json_round_trip(
     images = [part.image for part in SyntheticLine(seed=2).parts(3)]
     ours, theirs = ensemble_inspector.predict(images), again.predict(images)
     np.testing.assert_allclose([p.score for p in ours], [p.score for p in theirs], atol=1e-6)
+
+
+def test_each_prediction_carries_the_members_scores_behind_the_pre_screen(
+    ensemble_inspector: Inspector,
+) -> None:
+    """Every frame has the pre-screen's calibrated score; the frames it passes on have every
+    member's, and the fused score is their weighted mean (geometric fusion, equal weights)."""
+    from services.inference.wire import decode_prediction, encode_prediction
+
+    model = ensemble_inspector.model
+    assert isinstance(model, EnsembleModel)
+    images = [part.image for part in SyntheticLine(seed=4).parts(8)]
+    predictions = ensemble_inspector.predict(images, batch_size=8)
+    assert all(
+        set(p.member_scores) <= {"patchcore", "destseg"} and "patchcore" in p.member_scores
+        for p in predictions
+    )
+    both = [p for p in predictions if len(p.member_scores) == 2]
+    assert len(both) == model.last_passed
+    weights = model.params.image_weights
+    for p in both:
+        fused = (weights[0] * p.member_scores["patchcore"] + weights[1] * p.member_scores["destseg"]) / sum(
+            weights
+        )
+        assert np.log(p.score_raw) == pytest.approx(fused, abs=1e-3)
+    again, _ = decode_prediction(encode_prediction(predictions[0]))
+    assert again.member_scores == predictions[0].member_scores
