@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from services.config import LinewatchSettings
     from services.inference.ports import InferencePort
     from services.inference.thread import InferenceThread
+    from services.registry.live_shadow import LiveShadow
     from services.stream.runtime import Line
     from services.vision.inspector import Inspector
 
@@ -131,7 +132,10 @@ def build_line(
     from services.analytics.alerting import Alerting
 
     alerting = Alerting(stores.records, settings.alerts, settings.clustering)
-    inference, companions = follow_registry(settings, inference, inspectors, url, options.max_batch)
+    from services.registry.live_shadow import LiveShadow
+
+    shadow = LiveShadow() if settings.registry is not None and inspectors else None
+    inference, companions = follow_registry(settings, inference, inspectors, url, options.max_batch, shadow)
     return Line(
         frames,
         process,
@@ -141,6 +145,7 @@ def build_line(
         options,
         alerting=alerting,
         companions=companions,
+        shadow=shadow,
     )
 
 
@@ -150,10 +155,12 @@ def follow_registry(
     inspectors: Mapping[str, Inspector],
     url: str,
     max_batch: int | None = None,
+    shadow: LiveShadow | None = None,
 ) -> tuple[InferencePort, list[Callable[[], Coroutine[Any, Any, None]]]]:
     """With a registry in the settings and local models: the port made swappable and the follower
-    that swaps models when the registry's stages change (to run beside the port, in its loop);
-    otherwise the port as it is and nothing to run."""
+    that swaps models when the registry's stages change (to run beside the port, in its loop), and
+    that scores the recipes' shadow models in ``shadow`` when given; otherwise the port as it is
+    and nothing to run."""
     if settings.registry is None or not inspectors:  # (a remote port's server holds the models)
         return inference, []
     from services.inference.swap import SwappablePort
@@ -169,6 +176,7 @@ def follow_registry(
         inspectors,
         lambda models: open_inference(url, models, batch),
         settings.registry_poll_s,
+        shadow,
     )
     return swappable, [follower.run]
 

@@ -9,10 +9,14 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.config import LinewatchSettings, load_settings
 from services.registry.files import FileModelRegistry, open_registry
 from services.registry.ports import RecipeStages, RegistryError
+
+if TYPE_CHECKING:
+    from services.registry.shadow import ShadowReport
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -88,6 +92,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("--from", dest="since", metavar="TIME", help="captured at or after (ISO 8601)")
     compare.add_argument("--to", dest="until", metavar="TIME", help="captured before (ISO 8601)")
     compare.add_argument("--limit", type=int, default=2000, help="the newest frames at most (2000)")
+    compare.add_argument(
+        "--live",
+        action="store_true",
+        help="report on what the live shadow wrote (a line following the registry)",
+    )
     compare.add_argument("--json", action="store_true", help="print the report as JSON")
     compare.set_defaults(handler=run_compare)
 
@@ -338,6 +347,21 @@ def run_compare(args: argparse.Namespace) -> int:
         candidate = Inspector.load(registry.model_dir(args.recipe, version))
     except (RegistryError, ValueError) as error:
         return _fail(error)
+    folder = registry.entry_dir(args.recipe, version)
+    if args.live:
+        from services.registry.live_shadow import LIVE_FILE
+        from services.registry.shadow import live_verdicts
+
+        labels = open_label_store(args.labels or settings.stores.labels)
+        try:
+            verdicts = live_verdicts(folder / LIVE_FILE, labels)
+        finally:
+            labels.close()
+        if not verdicts:
+            return _fail(RegistryError(f"no live shadow verdicts of {version} yet ({folder / LIVE_FILE})"))
+        report = compare(args.recipe, version, verdicts, 0)
+        saved = folder / LIVE_FILE
+        return _print_report(args, report, saved)
     records = open_record_store(args.records or settings.stores.records)
     blobs = open_blob_store(args.blobs or settings.stores.blobs)
     labels = open_label_store(args.labels or settings.stores.labels)
@@ -345,11 +369,16 @@ def run_compare(args: argparse.Namespace) -> int:
         frames = stored_inspections(records, args.recipe, since, until, args.limit)
         verdicts, skipped = shadow_score(candidate, frames, blobs, labels)
         report = compare(args.recipe, version, verdicts, skipped)
-        saved = save_shadow(registry.entry_dir(args.recipe, version), verdicts, report)
+        saved = save_shadow(folder, verdicts, report)
     finally:
         labels.close()
         blobs.close()
         records.close()
+    return _print_report(args, report, saved)
+
+
+def _print_report(args: argparse.Namespace, report: ShadowReport, saved: Path) -> int:
+    version = report.candidate
     if args.json:
         print(json.dumps(report.as_json()))
         return 0

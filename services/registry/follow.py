@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 
 from services.inference.ports import InferencePort
 from services.inference.swap import SwappablePort
+from services.registry.live_shadow import LiveShadow
 from services.registry.ports import ModelRegistry
 from services.vision.artifact import ArtifactError
 from services.vision.inspector import Inspector
@@ -42,8 +43,11 @@ class RegistryFollower:
         inspectors: Mapping[str, Inspector],
         open_port: Callable[[dict[str, Inspector]], InferencePort],
         interval_s: float = 5.0,
+        shadow: LiveShadow | None = None,
     ) -> None:
         self.registry, self.port, self.open_port = registry, port, open_port
+        self.shadow = shadow  # where the recipes' shadow models score (None: shadows are not followed)
+        self.shadows: dict[str, str] = {}  # recipe -> the shadow version scoring now
         self.inspectors = dict(inspectors)
         self.interval_s = interval_s
         self.failed: dict[str, str] = {}  # recipe -> the version that would not load
@@ -68,6 +72,7 @@ class RegistryFollower:
         wanted_canary: dict[str, tuple[str, float] | None] = {}
         for recipe, inspector in self.inspectors.items():
             stages = await asyncio.to_thread(self.registry.stages, recipe)
+            await self._follow_shadow(recipe, stages.shadow)
             version = stages.production
             if (
                 version is not None
@@ -112,6 +117,25 @@ class RegistryFollower:
         self.inspectors, self.canaries = models, canaries
         self.swaps += 1
         return True
+
+    async def _follow_shadow(self, recipe: str, version: str | None) -> None:
+        if self.shadow is None or self.shadows.get(recipe) == version:
+            return
+        if version is None:
+            await self.shadow.set(recipe, None)
+            del self.shadows[recipe]
+            log.info("shadow of %s stopped", recipe)
+            return
+        if self.failed.get(f"shadow:{recipe}") == version:
+            return
+        loaded = await self._load(recipe, version)
+        if loaded is None:
+            self.failed[f"shadow:{recipe}"] = version
+            return
+        folder = self.registry.entry_dir(recipe, version)
+        await self.shadow.set(recipe, self.open_port({recipe: loaded}), folder)
+        self.shadows[recipe] = version
+        log.info("shadow of %s: %s scores beside production, its verdicts into %s", recipe, version, folder)
 
     async def _load(self, recipe: str, version: str) -> Inspector | None:
         try:

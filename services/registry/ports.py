@@ -98,3 +98,7 @@ class ModelRegistry(Protocol):
     def model_dir(self, recipe: str, version: str) -> Path:
         """Where the version's artifact can be loaded from (``Inspector.load``)."""
         ...
+
+    def entry_dir(self, recipe: str, version: str) -> Path:
+        """The version's own folder (shadow verdicts and reports are kept there)."""
+        ...

@@ -180,3 +180,30 @@ def save_shadow(folder: Path, verdicts: list[ShadowVerdict], report: ShadowRepor
         json.dumps({"report": report.as_json(), "verdicts": [asdict(v) for v in verdicts]}) + "\n"
     )
     return path
+
+
+def live_verdicts(path: Path, labels: LabelStore | None) -> list[ShadowVerdict]:
+    """The verdicts a live shadow wrote (:mod:`services.registry.live_shadow`), with reviewers'
+    decisions where there are any; lines that cannot be read are skipped."""
+    verdicts: list[ShadowVerdict] = []
+    if not path.is_file():
+        return verdicts
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            label = labels.get_label(row["frame_id"]) if labels is not None else None
+            verdicts.append(
+                ShadowVerdict(
+                    frame_id=row["frame_id"],
+                    production_version=row["production_version"],
+                    production_verdict=row["production_verdict"],
+                    production_score=float(row["production_score"]),
+                    candidate_verdict=row["candidate_verdict"],
+                    candidate_score=float(row["candidate_score"]),
+                    candidate_score_raw=float(row["candidate_score_raw"]),
+                    truth=label.ground_truth if label is not None else None,
+                )
+            )
+        except (ValueError, KeyError, TypeError):
+            continue
+    return verdicts

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -44,6 +44,9 @@ from services.stream.metrics import LineMetrics
 from services.stream.options import LineOptions
 from services.stream.process_feed import ProcessFeed
 from services.stream.summary import LineSummary
+
+if TYPE_CHECKING:
+    from services.registry.live_shadow import LiveShadow
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +103,12 @@ class Line:
         metrics: LineMetrics | None = None,
         alerting: Alerting | None = None,
         companions: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+        shadow: LiveShadow | None = None,
     ) -> None:
         self.frame_sources, self.process_sources = list(frame_sources), list(process_sources)
-        self.companions = list(
-            companions
-        )  # run beside the line once its port has started (the registry follower)
+        # run beside the line once its port has started (the registry follower)
+        self.companions = list(companions)
+        self.shadow = shadow  # a candidate scoring the same batches, never acted on (the registry's shadow)
         self.alerting = alerting  # drift monitors and alerts, fed every group of stored records
         self.inference, self.records, self.blobs = inference, records, blobs
         self.options = options or LineOptions()
@@ -177,6 +181,8 @@ class Line:
             for task in companions:
                 task.cancel()
             await asyncio.gather(*companions, return_exceptions=True)
+            if self.shadow is not None:
+                await self.shadow.close()
             feed.close()
             self.running = False
             self.summary.wall_s = time.perf_counter() - started  # (a worker takes a while to exit)
@@ -308,6 +314,8 @@ class Line:
             log.exception("detecting a batch of %d frames failed", len(items))
             await self._inspect_failed(items, "inspect_error", f"{type(err).__name__}: {err}")
             return None
+        if self.shadow is not None:
+            self.shadow.observe(recipe, [item.frame.frame_id for item in items], images, sizes, detected)
         self.metrics.batch_size.observe(len(items))
         for step in BATCH_STEPS:
             self.metrics.step_seconds.labels(step).observe(detected.timings_ms.get(step, 0.0) / 1000)

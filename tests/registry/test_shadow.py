@@ -85,3 +85,59 @@ def test_shadow_scores_never_change_the_records(
         after = [i.model_dump() for i in again.query_inspections(InspectionQuery(limit=1000))]
     assert after == before  # shadow mode never changes a stored verdict
     assert main(["models", "compare", "--recipe", "housing-A", "--version", "nope", *stores]) == 2
+
+
+def test_a_live_shadow_scores_beside_production_and_changes_nothing(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The line follows the registry's shadow stage: the candidate scores every batch beside
+    production, its verdicts go to the registry folder, the records are production's alone."""
+    from services.inference.swap import SwappablePort
+    from services.registry.follow import RegistryFollower, production_inspectors
+    from services.registry.live_shadow import LiveShadow
+
+    registry = FileModelRegistry(tmp_path / "registry")
+    production = registry.register(model_dir, "housing-A", "ops")
+    registry.promote("housing-A", production.version, "ops")
+    eager = tmp_path / "eager"
+    shutil.copytree(model_dir, eager)
+    card = read_card(eager)
+    lower = card.image_calibration.model_copy(update={"threshold": card.image_calibration.threshold / 3})
+    write_card(card.model_copy(update={"version": "eager-1", "image_calibration": lower}), eager)
+    registry.register(eager, "housing-A", "ops")
+    registry.set_shadow("housing-A", "eager-1", "ops")
+
+    inspectors = production_inspectors(registry)
+    port = SwappablePort(LocalInference(inspectors))
+    shadow = LiveShadow(max_in_flight=64)  # (a test: score every batch; a line skips when it falls behind)
+    follower = RegistryFollower(registry, port, inspectors, lambda m: LocalInference(m), 60, shadow)
+    rng = np.random.default_rng(4)
+    frames = [captured(i, image=render_part(rng, ["sink_mark"] if i % 4 == 0 else [])[0]) for i in range(24)]
+    records = SqliteRecordStore(tmp_path / "records.db")
+    blobs = TieredBlobStore.at(tmp_path / "blobs")
+
+    async def scenario() -> None:
+        await follower.check()  # the shadow starts before the first frame
+        line = Line([ListSource(frames)], [], port, records, blobs, LineOptions(), shadow=shadow)
+        await line.run()
+
+    asyncio.run(scenario())
+    stored = records.query_inspections(InspectionQuery(limit=1000))
+    assert len(stored) == 24 and {s.model_version for s in stored} == {production.version}
+    assert shadow.scored == 24 and shadow.skipped == 0 and shadow.failed == 0
+    lines = (tmp_path / "registry" / "housing-A" / "eager-1" / "shadow-live.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    by_frame = {s.frame_id: s for s in stored}
+    assert {r["frame_id"] for r in rows} == set(by_frame)
+    assert all(r["production_verdict"] == by_frame[r["frame_id"]].verdict for r in rows)
+    assert sum(r["candidate_verdict"] == "NG" for r in rows) >= sum(s.verdict == "NG" for s in stored)
+    records.close()
+    blobs.close()
+    url = (tmp_path / "registry").as_uri()
+    labels = ["--labels", f"sqlite:///{tmp_path}/labels.db"]
+    assert (
+        main(["models", "compare", "--registry", url, "--recipe", "housing-A", "--live", *labels, "--json"])
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["frames"] == 24 and report["candidate"] == "eager-1"
