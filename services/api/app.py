@@ -13,8 +13,10 @@ from services.api.metrics import ApiMetrics, RequestMetricsMiddleware
 from services.api.routes import analytics, dashboard, docs, health, inspect, inspections, line
 from services.api.routes import labels as label_routes
 from services.api.routes import models as model_routes
+from services.api.routes import registry as registry_routes
 from services.api.settings import ApiSettings
 from services.inference.ports import InferencePort
+from services.registry.ports import ModelRegistry
 from services.steps.admit import AdmissionRules
 from services.steps.join import ProcessHistory
 from services.storage.ports import BlobStore, LabelStore, RecordStore
@@ -39,6 +41,7 @@ def create_app(
     history: ProcessHistory | None = None,
     labels: LabelStore | None = None,
     cards: Mapping[str, ModelCard] | None = None,
+    model_registry: ModelRegistry | None = None,
 ) -> FastAPI:
     """The API over ``records`` and ``blobs``; without ``inference``, POST /v1/inspect answers 503.
 
@@ -48,7 +51,8 @@ def create_app(
     ``history`` the running line's process history, joined to each upload. ``registry`` holds the
     running line's metrics for ``/metrics``; ``line_status()`` adds the line's own state to
     ``/v1/status``. ``labels`` holds the review queue (``/v1/labels``; 503 without it);
-    ``cards`` are the served models' cards (``/v1/models``: thresholds and operating curves).
+    ``cards`` are the served models' cards (``/v1/models``: thresholds and operating curves);
+    ``model_registry`` the registry (``/v1/registry``: list, promote, roll back; 503 without it).
     """
     if settings.auth_required and not settings.key_hashes:
         raise ValueError(
@@ -71,6 +75,7 @@ def create_app(
         history,
         labels,
         dict(cards or {}),
+        model_registry,
     )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: counts the 413s too
@@ -84,6 +89,7 @@ def create_app(
         analytics.router,
         label_routes.router,
         model_routes.router,
+        registry_routes.router,
     )
     for router in routers:
         app.include_router(router, dependencies=needs_key)

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from services.api.metrics import ApiMetrics
 from services.api.settings import ApiSettings
 from services.inference.ports import InferencePort
+from services.registry.ports import ModelRegistry
 from services.steps.admit import AdmissionRules
 from services.steps.join import ProcessHistory
 from services.storage.ports import BlobStore, LabelStore, RecordStore
@@ -29,6 +30,7 @@ class ApiContext:
     history: ProcessHistory | None = None  # the running line's process history, joined to uploads
     labels: LabelStore | None = None  # None: the /v1/labels routes answer 503
     cards: dict[str, ModelCard] = field(default_factory=dict)  # recipe -> the card of its model (/v1/models)
+    model_registry: ModelRegistry | None = None  # None: the /v1/registry routes answer 503
 
 
 def get_context(request: Request) -> ApiContext:

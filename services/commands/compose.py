@@ -207,6 +207,7 @@ def build_api(
     line: Line | None = None,
     inference_url: str | None = None,
     recipes: Iterable[str] = (),
+    registry_url: str | None = None,
 ) -> Api:
     """The API over the stores, scoring uploads with ``inspectors`` (when given) through
     ``inference_url`` (default :data:`API_INFERENCE_URL`); a remote URL (``triton://…``) needs no
@@ -218,6 +219,7 @@ def build_api(
     from services.inference.batching import MicroBatcher
     from services.inference.thread import InferenceThread
     from services.inference.urls import is_remote, open_inference
+    from services.registry.files import open_registry
 
     url, port = inference_url or API_INFERENCE_URL, None
     if is_remote(url):
@@ -240,6 +242,7 @@ def build_api(
             line.history if line is not None else None,
             stores.labels,
             {recipe: inspector.card for recipe, inspector in (inspectors or {}).items()},
+            open_registry(registry_url) if registry_url is not None else None,
         )
     except ValueError as err:
         raise ApiServerError(str(err)) from err

@@ -151,7 +151,9 @@ def run_line_command(args: argparse.Namespace) -> int:
         server = None
         if args.serve:
             remote = settings.inference_url() if is_remote(settings.inference_url()) else None
-            api = build_api(settings.api, stores, inspectors, line, inference_url=remote)
+            api = build_api(
+                settings.api, stores, inspectors, line, inference_url=remote, registry_url=settings.registry
+            )
             server = serve_beside(settings.api, api)
             print(f"dashboard: {server.url}/dashboard/", flush=True)
         summary = run_line(line, server)

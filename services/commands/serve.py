@@ -25,6 +25,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--blobs", default="file:linewatch-data/blobs", help="blob store URL (%(default)s)")
     serve.add_argument(
+        "--registry", metavar="URL", help="model registry URL: /v1/registry (list, promote, roll back)"
+    )
+    serve.add_argument(
         "--labels",
         help="label store URL: the review queue, /v1/labels (default: labels.db beside a sqlite:// record"
         " store; none beside another, and /v1/labels answers 503)",
@@ -66,7 +69,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"linewatch serve: error: invalid API settings:\n{err}", file=sys.stderr)
         return 2
     labels = args.labels or labels_beside(args.records)
-    return serve(settings, args.records, args.blobs, args.model, args.inference, labels)
+    return serve(settings, args.records, args.blobs, args.model, args.inference, labels, args.registry)
 
 
 def labels_beside(records_url: str) -> str | None:
@@ -89,6 +92,7 @@ def serve(
     model_args: list[str],
     inference_url: str | None = None,
     labels_url: str | None = None,
+    registry_url: str | None = None,
 ) -> int:
     """Run the API with uvicorn until interrupted."""
     import uvicorn
@@ -112,7 +116,9 @@ def serve(
         print(f"linewatch serve: error: {err}", file=sys.stderr)
         return 2
     try:
-        api = build_api(settings, stores, inspectors, inference_url=url, recipes=models)
+        api = build_api(
+            settings, stores, inspectors, inference_url=url, recipes=models, registry_url=registry_url
+        )
     except (ApiServerError, ValueError) as err:  # refused settings, a bad inference URL
         stores.close()
         print(f"linewatch serve: error: {err}", file=sys.stderr)
