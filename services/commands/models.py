@@ -7,6 +7,7 @@ import argparse
 import getpass
 import json
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -126,6 +127,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     retrain.add_argument("--check", action="store_true", help="say whether retraining is due, do nothing")
     retrain.add_argument("--force", action="store_true", help="retrain even when no rule calls for it")
     retrain.add_argument("--promote", action="store_true", help="make the new version the production model")
+    retrain.add_argument(
+        "--watch",
+        type=float,
+        metavar="SECONDS",
+        help="check the rules every SECONDS and retrain when one fires, into --out/<time>/ (until stopped);"
+        " a version waiting for a person's promotion is not retrained again",
+    )
+    retrain.add_argument("--rounds", type=int, help="with --watch: stop after this many checks")
     retrain.set_defaults(handler=run_retrain)
 
 
@@ -238,6 +247,39 @@ def run_shadow(args: argparse.Namespace) -> int:
 
 
 def run_retrain(args: argparse.Namespace) -> int:
+    """One pass, or with ``--watch`` a pass every so many seconds: the rules are the trigger."""
+    if args.watch is None:
+        code, _ = _retrain_once(args, args.out)
+        return code
+    if args.watch <= 0:
+        return _fail(ValueError("--watch takes the seconds between passes, more than 0"))
+    waiting_on: tuple[str | None, str] | None = None  # (production, candidate) a person has to decide on
+    rounds = 0
+    try:
+        while args.rounds is None or rounds < args.rounds:
+            rounds += 1
+            production = _registry(args).stages(args.recipe).production
+            if waiting_on is not None and waiting_on[0] == production:
+                print(f"{args.recipe}: {waiting_on[1]} waits for a person's decision; not retraining again")
+            else:
+                out = args.out / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+                code, registered = _retrain_once(args, out)
+                if code != 0:
+                    return code
+                if registered is not None and not args.promote:
+                    waiting_on = (production, registered)
+            if args.rounds is None or rounds < args.rounds:
+                time.sleep(args.watch)
+    except KeyboardInterrupt:
+        pass
+    except (RegistryError, ValueError) as error:
+        return _fail(error)
+    return 0
+
+
+def _retrain_once(args: argparse.Namespace, out_dir: Path) -> tuple[int, str | None]:
+    """The rules checked once and, when one fires (or with --force), a new version trained into
+    ``out_dir`` and registered: (exit code, the registered version or None)."""
     from services.review.retrain import RetrainRules, build_training_set, reasons_to_retrain, retrain_config
     from services.storage.stores import open_blob_store, open_label_store, open_record_store
     from services.vision import evaluate
@@ -254,7 +296,7 @@ def run_retrain(args: argparse.Namespace) -> int:
             raise RegistryError(f"{args.recipe} has no production model in the registry")
         current = Inspector.load(registry.model_dir(args.recipe, production)).card
     except (RegistryError, ValueError) as error:
-        return _fail(error)
+        return _fail(error), None
     rules = RetrainRules(args.false_alarms, args.max_miss_rate, not args.no_drift)
     labels = open_label_store(args.labels or settings.stores.labels)
     records = open_record_store(args.records or settings.stores.records)
@@ -265,9 +307,9 @@ def run_retrain(args: argparse.Namespace) -> int:
             + ("; ".join(reasons) if reasons else "no rule calls for retraining")
         )
         if args.check or not (reasons or args.force):
-            return 0
-        if args.out.exists():
-            return _fail(ValueError(f"--out {args.out} exists: give a new folder"))
+            return 0, None
+        if out_dir.exists():
+            return _fail(ValueError(f"--out {out_dir} exists: give a new folder")), None
         blobs = open_blob_store(args.blobs or settings.stores.blobs)
         try:
             data = build_training_set(
@@ -276,7 +318,7 @@ def run_retrain(args: argparse.Namespace) -> int:
                 args.recipe,
                 labels,
                 blobs,
-                args.out / "data",
+                out_dir / "data",
             )
         finally:
             blobs.close()
@@ -285,7 +327,7 @@ def run_retrain(args: argparse.Namespace) -> int:
             f" {data.confirmed_good} confirmed good, {data.confirmed_defects} confirmed defective"
             + (f", {data.missing_images} reviewed frames without their image" if data.missing_images else "")
         )
-        model_dir = args.out / "model"
+        model_dir = out_dir / "model"
         card = train(retrain_config(current, data, model_dir, args.weights, progress=True))
         if data.confirmed_defects >= evaluate.MIN_REAL_DEFECTS:
             scores, _ = evaluate.real_defect_scores(Inspector.load(model_dir), data.defects_dir)
@@ -297,11 +339,11 @@ def run_retrain(args: argparse.Namespace) -> int:
         if args.promote:
             _print_stages(registry.promote(args.recipe, entry.version, _actor(args)))
     except (RegistryError, ValueError, OSError) as error:
-        return _fail(error)
+        return _fail(error), None
     finally:
         labels.close()
         records.close()
-    return 0
+    return 0, entry.version
 
 
 def run_canary(args: argparse.Namespace) -> int:

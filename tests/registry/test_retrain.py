@@ -74,3 +74,21 @@ def test_confirmed_false_alarms_retrain_a_new_version(
     assert production_inspectors(registry)["housing-A"].card.version == stages.production
     assert main([*command, "--force"]) == 2  # the folder exists now: a new one is asked for
     assert "give a new folder" in capsys.readouterr().err
+
+    # watching: a pass every so often; the version it registers waits for a person, not retrained again
+    watch = [
+        *command[:4],
+        str(tmp_path / "watch"),
+        *command[5:],
+        "--force",
+        "--watch",
+        "0.01",
+        "--rounds",
+        "3",
+    ]
+    before = len(registry.versions("housing-A"))
+    assert main([*watch, "--weights", str(mobilenet_weights)]) == 0
+    out = capsys.readouterr().out
+    assert len(registry.versions("housing-A")) == before + 1
+    assert out.count("waits for a person's decision") == 2
+    assert len(list((tmp_path / "watch").iterdir())) == 1
