@@ -159,7 +159,8 @@ def crossfit_patchcore(
         if len(members) < MIN_FOLD_IMAGES:
             raise DatasetError(f"fold {fold} has {len(members)} readable images; need {MIN_FOLD_IMAGES}")
         members_of.append(members)
-    *fold_banks, bank = pool.banks([*range(folds), None], progress=progress)
+    fold_banks = pool.fold_banks(folds, progress=progress)
+    bank = pool.bank(progress=progress)
     projection = pool.projection
     del pool
     release_free_memory()

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from services.vision import knn
-from services.vision.coreset import greedy_coreset, greedy_coresets
+from services.vision.coreset import greedy_coreset
 
 
 def naive_greedy(points: torch.Tensor, n_select: int, first: int) -> list[int]:
@@ -51,25 +51,6 @@ def test_coreset_in_projected_space_still_covers_every_rare_cluster() -> None:
 
 def test_coreset_returns_everything_when_asked_for_more() -> None:
     assert greedy_coreset(torch.randn(5, 3), 10, progress=False).tolist() == [0, 1, 2, 3, 4]
-
-
-def test_coresets_in_one_sweep_equal_each_chosen_on_its_own_rows() -> None:
-    """Cross-fitting's fold coresets (each without one fold) and the coreset of everything, chosen
-    together, are the ones farthest-point selection picks on each fold's rows alone."""
-    points = torch.randn(2000, 12, generator=torch.Generator().manual_seed(5))
-    groups = torch.arange(2000) % 4
-    keeps = [groups != fold for fold in range(4)] + [torch.ones(2000, dtype=torch.bool)]
-    sizes = [30, 31, 29, 30, 45]
-    together = greedy_coresets(points, keeps, sizes, seed=6, progress=False)
-    for keep, size, chosen in zip(keeps, sizes, together, strict=True):
-        rows = keep.nonzero()[:, 0]
-        alone = rows[greedy_coreset(points[rows], size, projection_dim=None, seed=6, progress=False)]
-        assert chosen.tolist() == alone.tolist()
-        assert keep[chosen].all() and len(set(chosen.tolist())) == size
-    small = greedy_coresets(points[:6], [torch.tensor([True, False] * 3)], [10], progress=False)
-    assert small[0].tolist() == [0, 2, 4]  # asked for more than its rows: every row it has
-    with pytest.raises(ValueError, match="at least one row"):
-        greedy_coresets(points, [torch.zeros(2000, dtype=torch.bool)], [3], progress=False)
 
 
 def test_nearest_equals_brute_force_in_chunks(monkeypatch: object) -> None:
