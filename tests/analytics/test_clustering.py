@@ -78,6 +78,29 @@ def labelled(store: RecordStore, truth: dict[tuple[str, int], str]) -> tuple[lis
 
 
 @pytest.fixture(scope="module")
+def inspector(
+    synthetic_data: Path, mobilenet_weights: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Inspector:
+    """PatchCore on the synthetic parts without the per-position score (position weight 0): the
+    defect embeddings are what is clustered here, and they should not move with the weight that the
+    automatic choice (on painted defects) happens to pick for these parts."""
+    from services.vision.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("clustering-model")
+    config = TrainConfig(
+        data_root=synthetic_data,
+        category="synthetic",
+        out_dir=out,
+        weights=mobilenet_weights,
+        activation="relu",
+        position_weight=0.0,
+        progress=False,
+    )
+    train(config)
+    return Inspector.load(out)
+
+
+@pytest.fixture(scope="module")
 def phases(inspector: Inspector) -> tuple[list[Inspection], dict, list[Inspection], dict]:
     first, truth1 = inspect_parts(inspector, [KNOWN[k % 3] for k in range(150)], seed=5, start_s=0)
     kinds2 = [(*KNOWN, NEW)[k % 4] for k in range(160)]
