@@ -12,6 +12,7 @@ Relative paths are relative to the working directory.
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -206,3 +207,22 @@ def load_settings(path: Path | None = None) -> LinewatchSettings:
         if not isinstance(data, dict):
             raise ValueError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
     return LinewatchSettings(**data)
+
+
+def settings_or_defaults(path: Path | None = None) -> LinewatchSettings:
+    """The settings in ``path`` (default ``linewatch.yaml`` in the working directory) when that file
+    exists, else the defaults (with ``LINEWATCH_*`` overrides): what the store-reading commands use."""
+    config = path if path is not None else Path("linewatch.yaml")
+    return load_settings(config) if config.is_file() else LinewatchSettings()
+
+
+def parse_time(text: str | None, flag: str) -> datetime | None:
+    """An ISO 8601 time given on the command line (a time without a zone is UTC); ValueError naming
+    ``flag`` when it is not one."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{flag} {text!r} is not an ISO 8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services.config import LinewatchSettings, load_settings
+from services.config import parse_time, settings_or_defaults
 from services.registry.files import FileModelRegistry, open_registry
 from services.registry.ports import RecipeStages, RegistryError
 
@@ -141,9 +141,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def _registry(args: argparse.Namespace) -> FileModelRegistry:
     url = args.registry
     if url is None:
-        config = args.config if args.config is not None else Path("linewatch.yaml")
-        settings = load_settings(config) if config.is_file() else LinewatchSettings()
-        url = settings.registry
+        url = settings_or_defaults(args.config).registry
     if url is None:
         raise RegistryError("no registry: give --registry file:///path or set registry in linewatch.yaml")
     return open_registry(url)
@@ -287,8 +285,7 @@ def _retrain_once(args: argparse.Namespace, out_dir: Path) -> tuple[int, str | N
     from services.vision.inspector import Inspector
     from services.vision.train import train
 
-    config = args.config if args.config is not None else Path("linewatch.yaml")
-    settings = load_settings(config) if config.is_file() else LinewatchSettings()
+    settings = settings_or_defaults(args.config)
     try:
         registry = _registry(args)
         production = registry.stages(args.recipe).production
@@ -359,27 +356,16 @@ def run_canary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _when(text: str | None, flag: str) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{flag} {text!r} is not an ISO 8601 time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def run_compare(args: argparse.Namespace) -> int:
     from services.registry.shadow import compare, save_shadow, shadow_score, stored_inspections
     from services.storage.stores import open_blob_store, open_label_store, open_record_store
     from services.vision.inspector import Inspector
 
-    config = args.config if args.config is not None else Path("linewatch.yaml")
-    settings = load_settings(config) if config.is_file() else LinewatchSettings()
+    settings = settings_or_defaults(args.config)
     try:
         if args.limit < 1:
             raise ValueError("--limit must be at least 1")
-        since, until = _when(args.since, "--from"), _when(args.until, "--to")
+        since, until = parse_time(args.since, "--from"), parse_time(args.until, "--to")
         registry = _registry(args)
         version = args.version or registry.stages(args.recipe).shadow
         if version is None:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from schemas.inspection import Inspection
 from schemas.label import Label, Review
-from services.config import LinewatchSettings, load_settings
+from services.config import LinewatchSettings, load_settings, parse_time
 from services.review.autolabel import mask_of_png, store_mask
 from services.review.labeller import LabelRun, label_inspections
 from services.review.queue import ReviewPolicy, ReviewSelector
@@ -98,13 +98,10 @@ def _settings(args: argparse.Namespace) -> LinewatchSettings:
 
 
 def _time(text: str | None, flag: str) -> datetime | None:
-    if text is None:
-        return None
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise SystemExit(f"linewatch review: error: {flag} {text!r} is not an ISO 8601 time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return parse_time(text, flag)
+    except ValueError as err:
+        raise SystemExit(f"linewatch review: error: {err}") from None
 
 
 def _fail(message: str) -> int:

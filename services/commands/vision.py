@@ -541,7 +541,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 def calibrate_one_camera(args: argparse.Namespace, card: ModelCard) -> int:
     from datetime import UTC, datetime, timedelta
 
-    from services.config import LinewatchSettings, load_settings
+    from services.config import parse_time, settings_or_defaults
     from services.review.camera import calibrate_camera, camera_goods
     from services.storage.stores import open_label_store, open_record_store
     from services.vision.artifact import write_card
@@ -556,18 +556,12 @@ def calibrate_one_camera(args: argparse.Namespace, card: ModelCard) -> int:
             write_card(card.model_copy(update={"cameras": cameras}), args.model)
         print(f"{camera}: {'would go' if args.dry_run else 'back'} to the model's thresholds")
         return 0
-    config = Path("linewatch.yaml")
-    settings = load_settings(config) if config.is_file() else LinewatchSettings()
+    settings = settings_or_defaults()
     now = datetime.now(UTC)
     try:
-        since = (
-            datetime.fromisoformat(args.since.replace("Z", "+00:00"))
-            if args.since
-            else now - timedelta(days=7)
-        )
-        since = since if since.tzinfo else since.replace(tzinfo=UTC)
-    except ValueError:
-        print(f"linewatch calibrate: error: --since {args.since!r} is not an ISO 8601 time", file=sys.stderr)
+        since = parse_time(args.since, "--since") or now - timedelta(days=7)
+    except ValueError as err:
+        print(f"linewatch calibrate: error: {err}", file=sys.stderr)
         return 2
     records = open_record_store(args.records or settings.stores.records)
     labels = open_label_store(args.labels or settings.stores.labels)
