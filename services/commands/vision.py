@@ -138,6 +138,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="diffusion: denoiser training steps (default 2000; an adapter's: 300)",
     )
     train.add_argument(
+        "--head-steps",
+        type=int,
+        help="diffusion: steps of the segmentation head trained on synthetic defects over the"
+        " discrepancy (default 400; 0 = none, the map is the scaled discrepancy itself)",
+    )
+    train.add_argument(
         "--base",
         type=Path,
         metavar="MODEL",
@@ -155,6 +161,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         choices=["auto", "otsu", "whole"],
         default="auto",
         help="DeSTSeg: where synthetic defects may go (default auto: the part when Otsu finds one)",
+    )
+    train.add_argument(
+        "--generated",
+        type=Path,
+        metavar="DIR",
+        help="DeSTSeg: a synthetic set (OUT/CAT of linewatch synth, e.g. --method diffusion --split train)"
+        " whose defects the segmentation stage mixes in; images drawn on held-out goods are left out",
+    )
+    train.add_argument(
+        "--generated-share",
+        type=float,
+        default=0.5,
+        help="DeSTSeg --generated: the share of the segmentation stage's defects taken from it (%(default)s)",
+    )
+    train.add_argument(
+        "--student-from",
+        type=Path,
+        metavar="MODEL",
+        help="DeSTSeg: reuse this trained DeSTSeg's student and train only the segmentation head",
     )
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.add_argument("--seed", type=int, default=0)
@@ -308,12 +333,20 @@ def run_train(args: argparse.Namespace) -> int:
     ):
         print("linewatch train: error: --*-steps and --textures are DeSTSeg settings", file=sys.stderr)
         return 2
+    if args.detector != "destseg" and (args.generated or args.student_from):
+        print("linewatch train: error: --generated and --student-from are DeSTSeg settings", file=sys.stderr)
+        return 2
+    if not 0 <= args.generated_share <= 1:
+        print("linewatch train: error: --generated-share is a share between 0 and 1", file=sys.stderr)
+        return 2
     if args.base is not None and args.detector != "diffusion":
         print("linewatch train: error: --base (a LoRA adapter) is a diffusion setting", file=sys.stderr)
         return 2
-    if args.detector not in ("diffusion", "ensemble") and (args.autoencoder or args.diffusion_steps):
+    if args.detector not in ("diffusion", "ensemble") and (
+        args.autoencoder or args.diffusion_steps or args.head_steps is not None
+    ):
         print(
-            "linewatch train: error: --autoencoder and --diffusion-steps are diffusion settings",
+            "linewatch train: error: --autoencoder, --diffusion-steps, --head-steps are diffusion settings",
             file=sys.stderr,
         )
         return 2
@@ -342,11 +375,17 @@ def run_train(args: argparse.Namespace) -> int:
         diffusion = replace(diffusion, steps=300, lr=1e-3, eval_every=50)
     if args.diffusion_steps is not None:
         diffusion = replace(diffusion, steps=args.diffusion_steps)
+    if args.head_steps is not None:
+        if args.head_steps < 0:
+            print("linewatch train: error: --head-steps is 0 or more", file=sys.stderr)
+            return 2
+        diffusion = replace(diffusion, head_steps=args.head_steps)
     destseg = DestsegParams()
     if args.student_steps is not None:
         destseg = replace(destseg, student_steps=args.student_steps)
     if args.segmentation_steps is not None:
         destseg = replace(destseg, segmentation_steps=args.segmentation_steps)
+    destseg = replace(destseg, generated_share=args.generated_share)
     config = TrainConfig(
         data_root=args.data,
         category=args.category,
@@ -368,6 +407,8 @@ def run_train(args: argparse.Namespace) -> int:
         destseg=destseg,
         synthesis=SynthesisSettings(foreground=args.foreground),
         textures=args.textures,
+        generated=args.generated,
+        student_from=args.student_from,
         device=args.device,
         diffusion=diffusion,
         autoencoder=tuple(args.autoencoder) if args.autoencoder else None,
@@ -436,7 +477,25 @@ def _print_card(card: ModelCard, args: argparse.Namespace) -> None:
                 f"  DeSTSeg {stage}: {result['steps']} steps in {result['seconds']:.0f} s on"
                 f" {info.destseg['device']}, best at step {result['best_step']}"
                 f" (validation {result['best_metric']}{early})"
+                + (
+                    f", reused from {info.destseg['student_from']}"
+                    if stage == "student" and info.destseg.get("student_from")
+                    else ""
+                )
             )
+        generated = info.destseg.get("generated")
+        if generated:
+            print(
+                f"  generated defects: {generated['images']} from {generated['source']}"
+                f" ({generated['method']}), {generated['share']:.0%} of stage 2's defects;"
+                f" {generated['validation_images']} kept for its validation,"
+                f" {generated['left_out_held_out_goods']} left out (drawn on held-out goods)"
+            )
+            if generated["seed_defects"]:
+                print(
+                    f"  they were learned from {len(generated['seed_defects'])} real test defects;"
+                    " leave those out when you evaluate on real defects"
+                )
     if info.diffusion is not None:
         trained = info.diffusion
         what = (
@@ -449,6 +508,14 @@ def _print_card(card: ModelCard, args: argparse.Namespace) -> None:
             f" on {trained['device']}, best at step {trained['best_step']}"
             f" (validation loss {min(trained['validation']):.4f})"
         )
+        head = trained.get("head")
+        if head:
+            print(
+                f"  segmentation head: {head['steps']} steps on {head['images']} reconstructed images"
+                f" ({head['reconstruct_seconds']:.0f} s reconstructing, {head['seconds']:.0f} s training);"
+                f" pixel AP on synthetic defects {head['best_pixel_ap']:.3f}"
+                f" (the bare discrepancy {head['discrepancy_pixel_ap']:.3f})"
+            )
     if info.ensemble is not None:
         members = ", ".join(f"{m['name']} ({m['version']})" for m in info.ensemble["members"])
         print(f"  members: {members}")

@@ -157,6 +157,8 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
             tensors.update({f"autoencoder.{k}": v for k, v in model.autoencoder.state_dict().items()})
         scale = model.adapters[own["name"]][1] if own is not None else model.map_scale
         tensors.update(latent_mean=model.latent_mean, latent_std=model.latent_std, map_scale=scale)
+        if model.segmenter is not None:
+            tensors.update({f"segmenter.{k}": v for k, v in model.segmenter.state_dict().items()})
     elif isinstance(model, DestsegModel):
         tensors.update({f"student.{k}": v for k, v in model.student.state_dict().items()})
         tensors.update({f"segmenter.{k}": v for k, v in model.segmenter.state_dict().items()})
@@ -368,6 +370,13 @@ def _load_diffusion(
         tensors["latent_std"],
         tensors.get("base_map_scale", tensors["map_scale"]),
     )
+    if model.segmenter is not None:
+        try:
+            model.segmenter.load_state_dict(part("segmenter."), strict=True)
+        except RuntimeError as err:
+            raise ArtifactError(
+                f"the segmentation head's weights in {weights_path} do not fit its card: {str(err)[:300]}"
+            ) from err
     if params.lora is not None:  # an adapter: the base with its LoRA weights, in use
         try:
             settings = LoraSettings.from_dict(params.lora)

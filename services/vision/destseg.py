@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,9 @@ from services.vision.backbone import FeatureExtractor
 from services.vision.maps import gaussian_blur
 from services.vision.metrics import pixel_ap
 from services.vision.synthesis import Synthesiser
+
+if TYPE_CHECKING:
+    from services.vision.synthetic_set import GeneratedDefects
 
 DESTSEG_LAYERS: dict[str, list[str]] = {
     "mobilenet_v2": ["features.3", "features.6", "features.13"],
@@ -65,6 +68,8 @@ class DestsegParams:
     student_lr: float = 2e-3
     segmentation_lr: float = 2e-3
     defect_probability: float = 0.5  # share of training images that get a synthetic defect
+    # with generated defects (--generated): the share of stage 2's defects taken from them
+    generated_share: float = 0.5
     focal_gamma: float = 4.0
     image_top_share: float = 0.01
     sigma: float = 4.0
@@ -293,6 +298,9 @@ class DestsegTraining:
     segmentation: StageResult
     device: str
     synthesis_images_per_s: float
+    # where stage 1 came from when it was not trained here, and the generated defects stage 2 used
+    student_from: str | None = None
+    generated: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -431,12 +439,25 @@ def fit_destseg(
     device: str = "auto",
     checkpoint_dir: Path | None = None,
     progress: bool = True,
+    generated: GeneratedDefects | None = None,
+    student: tuple[dict[str, torch.Tensor], str] | None = None,
 ) -> tuple[DestsegModel, DestsegTraining]:
     """Train DeSTSeg on ``goods`` (uint8 (N, 3, S, S), with their foregrounds) in two stages,
-    validating on synthetic defects drawn on ``held_out``; returns the model (on the CPU, eval)."""
+    validating on synthetic defects drawn on ``held_out``; returns the model (on the CPU, eval).
+
+    ``generated``: defect images with masks (e.g. diffusion-generated from a few real ones) that
+    stage 2 mixes in, ``params.generated_share`` of its defects, a fifth of them kept for its
+    validation. ``student``: a trained student's state and where it came from; stage 1 is then
+    skipped (a new head on new defects in minutes)."""
     torch.manual_seed(params.seed)
     model = build_destseg(extractor, image_size, params)
     params = model.params
+    if student is not None:
+        try:
+            model.student.load_state_dict(student[0])
+        except RuntimeError as err:
+            raise ValueError(f"the student of {student[1]} does not fit this model: {err}") from err
+    generated_fit, generated_val = _split_generated(generated, image_size)
     target = resolve_device(device)
     model.to(target)
     model.extractor.requires_grad_(False).eval()
@@ -473,24 +494,32 @@ def fit_destseg(
         return sum(losses) / len(losses)
 
     model.segmenter.requires_grad_(False)
-    student_result = _run_stage(
-        "student",
-        model.student,
-        params.student_steps,
-        params.student_lr,
-        params,
-        student_loss,
-        student_validation,
-        False,
-        checkpoints,
-        progress,
-        params.seed,
-    )
+    if student is None:
+        student_result = _run_stage(
+            "student",
+            model.student,
+            params.student_steps,
+            params.student_lr,
+            params,
+            student_loss,
+            student_validation,
+            False,
+            checkpoints,
+            progress,
+            params.seed,
+        )
+    else:
+        model.student.eval()
+        student_result = StageResult(
+            steps=0, best_step=0, best_metric=round(student_validation(), 5), stopped_early=False, seconds=0.0
+        )
     model.student.requires_grad_(False).eval()
     model.segmenter.requires_grad_(True)
 
     def segmentation_loss(generator: torch.Generator) -> torch.Tensor:
         _, noisy, masks = draw(generator)
+        if generated_fit is not None:
+            noisy, masks = _mix_generated(noisy, masks, generated_fit, params.generated_share, generator)
         images = normalise(noisy.to(target))
         with torch.no_grad(), _autocast(target):
             features = product_features(model.extractor(images), model.student(images))
@@ -500,18 +529,19 @@ def fit_destseg(
         prob = torch.sigmoid(logits)
         return focal_loss(prob, truth, params.focal_gamma) + (prob - truth).abs().mean()
 
+    seg_images, seg_masks = validation.images, validation.masks
+    if generated_val is not None:
+        seg_images = torch.cat([seg_images, generated_val[0]])
+        seg_masks = torch.cat([seg_masks, generated_val[1]])
+
     def segmentation_validation() -> float:
         maps = []
         with torch.inference_mode(), _autocast(target):
-            for k in range(0, validation.images.shape[0], params.batch_size):
-                logits, _, _ = model.seg_logits(
-                    normalise(validation.images[k : k + params.batch_size].to(target))
-                )
+            for k in range(0, seg_images.shape[0], params.batch_size):
+                logits, _, _ = model.seg_logits(normalise(seg_images[k : k + params.batch_size].to(target)))
                 maps.append(torch.sigmoid(logits.float()).squeeze(1).cpu())
         stacked = torch.cat(maps)
-        truth = (
-            F.adaptive_max_pool2d(validation.masks.float().unsqueeze(1), stacked.shape[-2:]).squeeze(1) > 0
-        )
+        truth = F.adaptive_max_pool2d(seg_masks.float().unsqueeze(1), stacked.shape[-2:]).squeeze(1) > 0
         return pixel_ap(stacked.numpy(), truth.numpy()) if truth.any() else 0.0
 
     segmentation_result = _run_stage(
@@ -529,4 +559,65 @@ def fit_destseg(
     )
     model.to("cpu").eval()
     model.extractor = model.extractor.to(memory_format=torch.channels_last)
-    return model, DestsegTraining(student_result, segmentation_result, str(target), round(synth_rate, 1))
+    used = None
+    if generated is not None and generated_fit is not None:
+        used = {
+            "source": generated.source,
+            "method": generated.method,
+            "images": int(generated_fit[0].shape[0]),
+            "validation_images": int(generated_val[0].shape[0]) if generated_val is not None else 0,
+            "left_out_held_out_goods": generated.left_out,
+            "seed_defects": generated.seed_defects,
+            "share": params.generated_share,
+        }
+    return model, DestsegTraining(
+        student_result,
+        segmentation_result,
+        str(target),
+        round(synth_rate, 1),
+        student[1] if student is not None else None,
+        used,
+    )
+
+
+def _split_generated(
+    generated: GeneratedDefects | None, image_size: int
+) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Every fifth generated defect for stage 2's validation (when there are 10 or more), the rest
+    to train on."""
+    if generated is None:
+        return None, None
+    images, masks = generated.images, generated.masks
+    side = (image_size, image_size)
+    if images.ndim != 4 or images.shape[-2:] != side or masks.shape[-2:] != side:
+        raise ValueError(
+            f"generated defects are {tuple(images.shape)} with masks {tuple(masks.shape)};"
+            f" expected (M, 3, {image_size}, {image_size})"
+        )
+    count = images.shape[0]
+    if count < 10:
+        return (images, masks), None
+    held = torch.arange(count) % 5 == 4
+    return (images[~held], masks[~held]), (images[held], masks[held])
+
+
+def _mix_generated(
+    noisy: torch.Tensor,
+    masks: torch.Tensor,
+    generated: tuple[torch.Tensor, torch.Tensor],
+    share: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace ``share`` of the batch's drawn defects by generated ones (randomly mirrored)."""
+    noisy, masks = noisy.clone(), masks.clone()
+    images, truth = generated
+    for b in range(noisy.shape[0]):
+        if not bool(masks[b].any()) or float(torch.rand(1, generator=generator)) >= share:
+            continue
+        j = int(torch.randint(0, images.shape[0], (1,), generator=generator))
+        image, mask = images[j], truth[j]
+        if float(torch.rand(1, generator=generator)) < 0.5:
+            image, mask = image.flip(-1), mask.flip(-1)
+        noisy[b] = image.to(noisy.dtype)
+        masks[b] = mask
+    return noisy, masks

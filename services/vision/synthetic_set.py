@@ -190,3 +190,70 @@ def write_synthetic_set(
 def _write_png(path: Path, rgb: np.ndarray) -> None:
     if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
         raise OSError(f"could not write {path}")
+
+
+@dataclass
+class GeneratedDefects:
+    """Defect images from a synthetic set, with their masks, at a model's input size, for DeSTSeg's
+    segmentation stage (``linewatch train --detector destseg --generated DIR``)."""
+
+    images: Any  # torch uint8 (M, 3, S, S)
+    masks: Any  # torch bool (M, S, S)
+    source: str
+    method: str
+    seed_defects: list[str]  # real defects the generator learned from (leave them out of evaluation)
+    left_out: int  # images drawn on a held-out good, left out so calibration stays unseen
+
+
+def load_generated(folder: Path, size: int, held_out: list[Path] | None = None) -> GeneratedDefects:
+    """The defect images and masks of the synthetic set in ``folder`` (``OUT/CAT`` of ``linewatch
+    synth``), resized to ``size``; images drawn on one of the ``held_out`` goods are left out (the
+    model calibrates on those goods, which must stay unseen). Unreadable images are errors: a set
+    the engineer named is used whole or not at all."""
+    import torch
+
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise DatasetError(
+            f"{folder} is not a synthetic set: no {MANIFEST} (write one with linewatch synth --out ROOT,"
+            " then pass ROOT/CATEGORY)"
+        )
+    manifest = json.loads(manifest_path.read_text())
+    skip = {Path(p).resolve() for p in held_out or []}
+    images, masks, left_out = [], [], 0
+    for item in manifest.get("images", []):
+        if Path(item["good"]).resolve() in skip:
+            left_out += 1
+            continue
+        image_path = folder / item["image"]
+        mask_path = folder / "ground_truth" / "synthetic" / f"{Path(item['image']).stem}_mask.png"
+        try:
+            image = load_image(image_path)
+        except ImageError as err:
+            raise DatasetError(f"generated defect {image_path} cannot be read: {err.reason}") from err
+        mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise DatasetError(f"generated defect {image_path} has no readable mask {mask_path}")
+        if image.shape[:2] != (size, size):
+            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        if mask.shape != (size, size):
+            mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+        if not (mask > 0).any():
+            continue
+        images.append(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))
+        masks.append(torch.from_numpy(mask > 0))
+    if not images:
+        raise DatasetError(
+            f"no usable generated defect in {folder}"
+            + (f" ({left_out} were drawn on held-out goods)" if left_out else "")
+        )
+    generation = manifest.get("generation") or {}
+    return GeneratedDefects(
+        torch.stack(images),
+        torch.stack(masks),
+        str(folder),
+        str(manifest.get("method", "?")),
+        list(generation.get("seed_defects", [])),
+        left_out,
+    )

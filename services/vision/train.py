@@ -88,6 +88,10 @@ class TrainConfig:
     destseg: DestsegParams = field(default_factory=DestsegParams)
     synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
     textures: Path | None = None
+    # DeSTSeg: a synthetic set (linewatch synth, e.g. --method diffusion) whose defects stage 2 mixes
+    # in, and a trained DeSTSeg whose student is reused (stage 1 skipped)
+    generated: Path | None = None
+    student_from: Path | None = None
     device: str = "auto"
     # diffusion: the denoiser's settings and the tiny autoencoder's weights (encoder, decoder) for
     # the latent space
@@ -241,6 +245,16 @@ def train_destseg(
     textures = load_textures(config.textures, skipped) if config.textures is not None else None
     synthesiser = Synthesiser(config.synthesis, textures)
     params = replace(config.destseg, seed=config.seed)
+    generated = None
+    if config.generated is not None:
+        from services.vision.synthetic_set import load_generated
+
+        if config.roi is not None:
+            raise ValueError("--generated defects are drawn on whole images; train without --roi to use them")
+        generated = load_generated(config.generated, config.image_size, holdout_paths)
+    student = _trained_student(config) if config.student_from is not None else None
+    if student is not None:
+        params = replace(params, width=int(student[2]["width"]))
     model, info = fit_destseg(
         extractor,  # type: ignore[arg-type]
         goods,
@@ -253,8 +267,28 @@ def train_destseg(
         config.device,
         Path(config.out_dir) / "checkpoints",
         config.progress,
+        generated,
+        student[:2] if student is not None else None,
     )
     return model, info.as_dict()
+
+
+def _trained_student(config: TrainConfig) -> tuple[dict[str, torch.Tensor], str, dict[str, Any]]:
+    """The student of the DeSTSeg model ``--student-from`` names, checked to fit this training."""
+    from services.vision.artifact import load_artifact
+    from services.vision.destseg import DestsegModel
+
+    model, card = load_artifact(Path(config.student_from))  # type: ignore[arg-type]
+    if not isinstance(model, DestsegModel):
+        raise ValueError(f"--student-from {config.student_from} is a {card.kind} model, not a DeSTSeg one")
+    layers = config.layers or DESTSEG_LAYERS.get(config.backbone)
+    if card.image_size != config.image_size or card.backbone != config.backbone or card.layers != layers:
+        raise ValueError(
+            f"--student-from {config.student_from} was trained at {card.image_size} px on"
+            f" {card.backbone} {card.layers}; this training is {config.image_size} px on"
+            f" {config.backbone} {layers}"
+        )
+    return model.student.state_dict(), str(config.student_from), card.params
 
 
 def train_diffusion(
@@ -265,13 +299,15 @@ def train_diffusion(
     skipped: list[SkippedFile],
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Fit the diffusion detector's denoiser on the fitted goods and its map scales on the held-out
-    ones; its best weights are checkpointed under ``OUT/checkpoints`` while it trains."""
+    ones, then its segmentation head on synthetic defects (unless ``head_steps`` is 0); the
+    denoiser's best weights are checkpointed under ``OUT/checkpoints`` while it trains."""
     from services.vision.diffusion.autoencoder import TinyAutoencoder
+    from services.vision.diffusion.head import fit_head
     from services.vision.diffusion.train import fit_diffusion
 
     autoencoder = TinyAutoencoder.load(*config.autoencoder) if config.autoencoder is not None else None
-    goods, _ = load_goods(fit_paths, config, skipped)
-    held, _ = load_goods(holdout_paths, config, [])  # calibration lists them later
+    goods, foregrounds = load_goods(fit_paths, config, skipped)
+    held, held_foregrounds = load_goods(holdout_paths, config, [])  # calibration lists them later
     model, info = fit_diffusion(
         extractor,  # type: ignore[arg-type]
         goods,
@@ -283,7 +319,13 @@ def train_diffusion(
         Path(config.out_dir) / "checkpoints",
         config.progress,
     )
-    return model, info.as_dict()
+    trained = info.as_dict()
+    if model.params.head_steps > 0:
+        textures = load_textures(config.textures, skipped) if config.textures is not None else None
+        synthesiser = Synthesiser(config.synthesis, textures)
+        head = fit_head(model, goods, foregrounds, held, held_foregrounds, synthesiser, config.progress)
+        trained["head"] = head.as_dict()
+    return model, trained
 
 
 def load_base(config: TrainConfig) -> tuple[torch.nn.Module, ModelCard]:

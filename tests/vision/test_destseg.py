@@ -15,15 +15,18 @@ import services.vision.destseg as destseg_module
 from services.cli import main
 from services.vision.artifact import load_artifact, read_card, save_artifact
 from services.vision.backbone import FeatureExtractor, build_feature_extractor
+from services.vision.dataset import DatasetError
 from services.vision.destseg import (
     DESTSEG_LAYERS,
     DestsegModel,
     DestsegParams,
     DestsegTraining,
     TrainingDiverged,
+    _mix_generated,
     fit_destseg,
 )
-from services.vision.synthesis import Synthesiser
+from services.vision.synthesis import Synthesiser, SynthesisSettings
+from services.vision.synthetic_set import GeneratedDefects, load_generated, write_synthetic_set
 from services.vision.train import TrainConfig, load_goods
 
 SIZE = 96
@@ -169,3 +172,97 @@ def test_train_destseg_from_the_command_line_lists_unusable_images(
     if not torch.cuda.is_available():
         assert main([*args[:-2], "--device", "cuda", "--student-steps", "1"]) == 2
         assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def _painted(goods: tuple[torch.Tensor, torch.Tensor], count: int) -> GeneratedDefects:
+    """Stand-ins for generated defects (painted ones): what stage 2 does with them is under test
+    here, not how they were made (the diffusion generator has its own tests)."""
+    images, foregrounds = goods
+    drawn = Synthesiser(SynthesisSettings(method="paint")).apply(
+        images[:count], torch.Generator().manual_seed(3), foregrounds[:count]
+    )
+    return GeneratedDefects(drawn.images, drawn.masks, "painted", "paint", ["a/000.png"], 0)
+
+
+def test_mixing_replaces_the_chosen_share_of_drawn_defects_and_leaves_clean_images_clean() -> None:
+    noisy = torch.zeros(6, 3, 8, 8, dtype=torch.uint8)
+    masks = torch.zeros(6, 8, 8, dtype=torch.bool)
+    masks[:4, 2:4, 2:4] = True  # four images carry a drawn defect, two are clean
+    generated = (torch.full((3, 3, 8, 8), 200, dtype=torch.uint8), torch.ones(3, 8, 8, dtype=torch.bool))
+    rng = torch.Generator().manual_seed(0)
+    all_of_them, all_masks = _mix_generated(noisy, masks, generated, 1.0, rng)
+    assert (all_of_them[:4] == 200).all() and all_masks[:4].all()
+    assert (all_of_them[4:] == 0).all() and not all_masks[4:].any()  # clean images stay clean
+    none, none_masks = _mix_generated(noisy, masks, generated, 0.0, rng)
+    assert torch.equal(none, noisy) and torch.equal(none_masks, masks)
+    assert (noisy == 0).all()  # the caller's batch is not changed in place
+
+
+def test_a_new_head_learns_from_generated_defects_on_a_reused_student(
+    extractor: FeatureExtractor,
+    goods: tuple[torch.Tensor, torch.Tensor],
+    trained: tuple[DestsegModel, DestsegTraining],
+) -> None:
+    model, _ = trained
+    state = {k: v.clone() for k, v in model.student.state_dict().items()}
+    params = DestsegParams(student_steps=60, segmentation_steps=20, batch_size=4, eval_every=10, patience=10)
+    generated = _painted(goods, 20)
+    again, info = fit(extractor, goods, params, generated=generated, student=(state, "the fixture"))
+    assert info.student.steps == 0 and info.student_from == "the fixture"  # stage 1 skipped
+    assert all(torch.equal(v, state[k]) for k, v in again.student.state_dict().items())
+    assert info.segmentation.steps == 20 and info.segmentation.losses[-1] < info.segmentation.losses[0]
+    assert info.generated is not None
+    assert info.generated["images"] == 16 and info.generated["validation_images"] == 4  # every fifth
+    assert info.generated["seed_defects"] == ["a/000.png"] and info.generated["share"] == 0.5
+    wrong = GeneratedDefects(generated.images[:, :, :64, :64], generated.masks[:, :64, :64], "x", "x", [], 0)
+    with pytest.raises(ValueError, match="expected"):
+        fit(extractor, goods, params, generated=wrong, student=(state, "the fixture"))
+
+
+def test_a_generated_set_loads_without_the_defects_drawn_on_held_out_goods(
+    synthetic_data: Path, tmp_path: Path
+) -> None:
+    report = write_synthetic_set(
+        synthetic_data, "synthetic", tmp_path, 12, split="train", size=SIZE, copy_goods=False, progress=False
+    )
+    goods_used = [Path(item["good"]) for item in report.images]
+    held_out = goods_used[:2]
+    loaded = load_generated(tmp_path / "synthetic", SIZE, held_out)
+    assert loaded.left_out == 2 and loaded.images.shape == (10, 3, SIZE, SIZE)
+    assert loaded.masks.shape == (10, SIZE, SIZE) and all(bool(m.any()) for m in loaded.masks)
+    assert loaded.method == "perlin" and loaded.seed_defects == []
+    smaller = load_generated(tmp_path / "synthetic", 64)  # resized to the model's size
+    assert smaller.images.shape[-1] == 64 and smaller.masks.shape[-1] == 64
+    with pytest.raises(DatasetError, match=r"no synthetic\.json"):
+        load_generated(synthetic_data / "synthetic", SIZE)
+
+
+def test_train_destseg_with_generated_defects_and_a_reused_student_from_the_command_line(
+    synthetic_data: Path,
+    mobilenet_weights: Path,
+    destseg_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    write_synthetic_set(synthetic_data, "synthetic", tmp_path / "gen", 12, split="train", progress=False)
+    common = ["--data", str(synthetic_data), "--category", "synthetic", "--weights", str(mobilenet_weights)]
+    common += ["--activation", "relu", "--image-size", "128", "--device", "cpu"]
+    out = tmp_path / "model"
+    extra = ["--generated", str(tmp_path / "gen" / "synthetic"), "--student-from", str(destseg_model_dir)]
+    args = ["train", *common, "--out", str(out), "--detector", "destseg", *extra]
+    assert main([*args, "--segmentation-steps", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert f"reused from {destseg_model_dir}" in printed and "generated defects:" in printed
+    trained = read_card(out).training.destseg
+    assert trained is not None and trained["student"]["steps"] == 0
+    assert trained["generated"]["images"] + trained["generated"]["validation_images"] <= 12
+    model, _ = load_artifact(out)
+    reused, _ = load_artifact(destseg_model_dir)
+    assert isinstance(model, DestsegModel) and isinstance(reused, DestsegModel)
+    for key, value in model.student.state_dict().items():
+        assert torch.equal(value, reused.student.state_dict()[key])
+    assert main(["train", *common[:-2], "--out", str(tmp_path / "pc"), *extra[:2]]) == 2
+    assert "are DeSTSeg settings" in capsys.readouterr().err
+    wrong_size = ["96" if a == "128" else str(tmp_path / "m96") if a == str(out) else a for a in args]
+    assert main(wrong_size) == 2
+    assert "was trained at 128 px" in capsys.readouterr().err

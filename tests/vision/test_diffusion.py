@@ -28,6 +28,7 @@ from services.vision.diffusion.generate import (
     load_seeds,
     trimap,
 )
+from services.vision.diffusion.head import fit_head
 from services.vision.diffusion.lora import AdapterError, LoraSettings
 from services.vision.diffusion.model import (
     DiffusionModel,
@@ -39,7 +40,7 @@ from services.vision.diffusion.model import (
 )
 from services.vision.diffusion.train import DiffusionTraining, fit_adapter, fit_diffusion
 from services.vision.images import load_image
-from services.vision.synthesis import SynthesisError, foreground_mask, paint_defect
+from services.vision.synthesis import Synthesiser, SynthesisError, foreground_mask, paint_defect
 from services.vision.train import TrainConfig, load_goods, train
 from tests.conftest import SHARED
 
@@ -181,6 +182,44 @@ def test_the_artifact_round_trip_gives_identical_scores(
     for a, b in zip(expected, got, strict=True):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(alone[0], got[0][1:2], rtol=1e-4, atol=1e-5)
+
+
+def test_a_segmentation_head_on_the_discrepancy_learns_synthetic_defects_and_round_trips(
+    trained: tuple[DiffusionModel, DiffusionTraining],
+    synthetic_data: Path,
+    destseg_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    model = copy.deepcopy(trained[0])
+    model.params = replace(model.params, head_steps=120, head_images=32, head_channels=16)
+    paths = sorted((synthetic_data / "synthetic" / "train" / "good").iterdir())
+    config = TrainConfig(synthetic_data, "synthetic", Path("unused"), image_size=SIZE, progress=False)
+    goods, foregrounds = load_goods(paths, config, [])
+    head = fit_head(
+        model, goods[:32], foregrounds[:32], goods[32:40], foregrounds[32:40], Synthesiser(), False
+    )
+    assert head.images == 32 and head.validation_images == 16 and head.steps == 120
+    assert head.losses[-1] < 0.8 * head.losses[0]
+    # it learns what the synthetic defects on held-out parts look like (at this tiny size it does
+    # not beat the bare discrepancy: benchmarks/ensemble.py measures that at 256 px)
+    assert head.best_pixel_ap > 1.5 * head.validation[0] and head.discrepancy_pixel_ap > 0
+    assert model.segmenter is not None and model.params.head_in_channels > 0
+    images = normalised(goods[-3:])
+    with torch.inference_mode():
+        scores, maps, _ = model(images)
+    assert maps.shape == (3, SIZE, SIZE) and float(maps.max()) <= 1.0 and float(maps.min()) > 0
+    out = save_diffusion(model, trained[1], destseg_model_dir, tmp_path / "model")
+    loaded, card = load_artifact(out)
+    assert isinstance(loaded, DiffusionModel) and loaded.segmenter is not None
+    assert card.params["head_in_channels"] == model.params.head_in_channels
+    with torch.inference_mode():
+        again = loaded(images)
+    torch.testing.assert_close(again[0], scores)
+    torch.testing.assert_close(again[1], maps)
+    bare = copy.deepcopy(model)
+    bare.segmenter = None  # without a head the map is the scaled discrepancy again
+    with torch.inference_mode():
+        assert not torch.allclose(bare(images)[1], maps)
 
 
 # --- per-recipe LoRA adapters (diffusion/lora.py) ---

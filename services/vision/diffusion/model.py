@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from services.vision.backbone import FeatureExtractor
+from services.vision.destseg import Segmenter, product_features
 from services.vision.diffusion.autoencoder import TinyAutoencoder
 from services.vision.diffusion.lora import (
     AdapterError,
@@ -44,6 +45,10 @@ IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 Schedule = Literal["linear", "cosine"]
 SCHEDULER_NAMES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
+# frames at a time through the full-resolution parts (the autoencoder, the feature discrepancies):
+# their activations at 256 px dominate the stage's peak memory, and on a CPU they gain little from
+# larger batches; the denoiser, on 1/8-size latents, still sees the whole batch
+FULL_SIZE_CHUNK = 2
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,13 @@ class DiffusionParams:
     image_top_share: float = 0.01
     sigma: float = 4.0
     eval_every: int = 250
+    # the segmentation head on the discrepancy (head.py): steps (0: none, the map is the scaled
+    # discrepancy), synthetic-defect images reconstructed to train it, its width and its input
+    # channels (set at fit time; 0 in a model without a head)
+    head_steps: int = 400
+    head_images: int = 192
+    head_channels: int = 32
+    head_in_channels: int = 0
     seed: int = 0
     unet_config: dict[str, Any] = field(default_factory=dict)  # diffusers' config, set at fit time
     # a LoRA adapter's settings (lora.py), the sha256 and version of the base it adapts; None: a base
@@ -128,6 +140,7 @@ def unet_config(unet: nn.Module) -> dict[str, Any]:
 
 
 class DiffusionModel(nn.Module):
+    full_size_chunk = FULL_SIZE_CHUNK  # benchmarks/diffusion_stage.py compares larger ones
     latent_mean: torch.Tensor
     latent_std: torch.Tensor
     map_scale: torch.Tensor
@@ -166,6 +179,10 @@ class DiffusionModel(nn.Module):
         self.adapters: dict[str, tuple[LoraSettings, torch.Tensor]] = {}
         self.base_map_scale: torch.Tensor | None = None  # kept when the first adapter comes
         self.active_adapter: str | None = None
+        # the segmentation head (head.py), when one was trained: the map is its probability
+        self.segmenter: Segmenter | None = (
+            Segmenter(params.head_in_channels, params.head_channels) if params.head_in_channels else None
+        )
 
     @property
     def latent_side(self) -> int:
@@ -225,7 +242,8 @@ class DiffusionModel(nn.Module):
 
     def to_latent(self, pixels: torch.Tensor) -> torch.Tensor:
         if self.autoencoder is not None:
-            raw = self.autoencoder.encode(pixels)
+            encode = self.autoencoder.encode
+            raw = torch.cat([encode(c) for c in pixels.split(self.full_size_chunk)])
         else:
             raw = F.interpolate(pixels, size=(self.latent_side,) * 2, mode="area") * 2 - 1
         return (raw - self.latent_mean.view(1, -1, 1, 1)) / self.latent_std.view(1, -1, 1, 1)
@@ -233,7 +251,8 @@ class DiffusionModel(nn.Module):
     def from_latent(self, latents: torch.Tensor) -> torch.Tensor:
         raw = latents * self.latent_std.view(1, -1, 1, 1) + self.latent_mean.view(1, -1, 1, 1)
         if self.autoencoder is not None:
-            return self.autoencoder.decode(raw)
+            decode = self.autoencoder.decode
+            return torch.cat([decode(c) for c in raw.split(self.full_size_chunk)])
         return F.interpolate(((raw + 1) / 2).clamp(0, 1), size=(self.image_size,) * 2, mode="bilinear")
 
     # --- reconstruction ---
@@ -290,6 +309,24 @@ class DiffusionModel(nn.Module):
     def _discrepancies(
         self, pixels: torch.Tensor, reconstruction: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        chunk = self.full_size_chunk
+        parts = [
+            self._discrepancies_of(a, b)
+            for a, b in zip(pixels.split(chunk), reconstruction.split(chunk), strict=True)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        layers = range(len(parts[0][2]))
+        return (
+            torch.cat([p[0] for p in parts]),
+            torch.cat([p[1] for p in parts]),
+            [torch.cat([p[2][i] for p in parts]) for i in layers],
+            [torch.cat([p[3][i] for p in parts]) for i in layers],
+        )
+
+    def _discrepancies_of(
+        self, pixels: torch.Tensor, reconstruction: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         size = (self.image_size, self.image_size)
         pixel_map = (pixels - reconstruction).abs().mean(dim=1)
         mean, std = IMAGENET_MEAN.to(pixels), IMAGENET_STD.to(pixels)
@@ -311,6 +348,9 @@ class DiffusionModel(nn.Module):
         reconstruction = self.reconstruct(pixels)
         pixel_map, feature_map, ours, theirs = self._discrepancies(pixels, reconstruction)
         maps = 0.5 * pixel_map / self.map_scale[0] + 0.5 * feature_map / self.map_scale[1]
+        if self.segmenter is not None:
+            logits = self.segmenter(self.head_inputs(maps, ours, theirs))
+            maps = torch.sigmoid(F.interpolate(logits.float(), size=maps.shape[-2:], mode="bilinear"))[:, 0]
         maps = gaussian_blur(maps.unsqueeze(1), self.params.sigma).squeeze(1).clamp_min(1e-6)
         flat = maps.flatten(1)
         k = max(1, round(self.params.image_top_share * flat.shape[1]))
@@ -327,6 +367,18 @@ class DiffusionModel(nn.Module):
             dim=1,
         )
         return scores, maps, embeddings, residuals
+
+    @staticmethod
+    def head_inputs(
+        discrepancy: torch.Tensor, ours: list[torch.Tensor], theirs: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """What the segmentation head sees: per layer the product of the frame's and the
+        reconstruction's channel-normalised features (DeSTSeg's input, the reconstruction in the
+        student's place) on the finest layer's grid, and the scaled discrepancy map pooled to it."""
+        products = product_features(ours, theirs)
+        grid = (int(products.shape[-2]), int(products.shape[-1]))
+        pooled = F.adaptive_avg_pool2d(discrepancy.unsqueeze(1).float(), grid)
+        return torch.cat([products, pooled], dim=1)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         scores, maps, embeddings, _ = self.score_with_residuals(images)
