@@ -29,7 +29,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--recipe", help="the recipe it serves (default: the model's name)")
     export.add_argument("--version", type=int, help="version number (default: one past the newest)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing version")
-    export.add_argument("--instances", type=int, default=1, help="detector instances (%(default)s)")
+    export.add_argument(
+        "--instances", type=int, default=1, help="detector (and an ensemble's refine) instances (%(default)s)"
+    )
     export.add_argument("--max-batch", type=int, default=8, help="largest batch (%(default)s)")
     export.add_argument(
         "--queue-delay-us",

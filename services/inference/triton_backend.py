@@ -8,6 +8,11 @@ through ``as_numpy``/``pb_utils.Tensor`` come back corrupted (checked with trito
 
 ``detector`` scores every request Triton's dynamic batcher hands it in one batch; each frame's
 answer is its prediction as JSON bytes (``wire.py``) and its heat map as a uint8 tensor.
+
+For an ensemble, ``detector`` runs the pre-screen member and sends the frames past it to the
+recipe's ``refine`` model in a BLS request (Triton's business-logic scripting): the refining
+members then run on their own instances with their own dynamic batching, and the fusion is the
+ensemble's own code, so the numbers are those of scoring in-process.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from services.steps.admit import elapsed_ms
 from services.steps.detect import score_preprocessed
 from services.vision.artifact import read_card
 from services.vision.dataset import preprocess
+from services.vision.ensemble import EnsembleModel
 from services.vision.inspector import Inspector
+from services.vision.tracing import TRACE_GUARD
 
 
 def _pb() -> Any:
@@ -99,6 +106,9 @@ class DetectorModel:
         folder, params = model_parameters(args)
         set_torch_threads(int(params.get("torch_threads", "1")))
         self.inspector = Inspector.load(folder / params.get("artifact", "artifact"))
+        refine = params.get("refine_model")
+        if refine and isinstance(self.inspector.model, EnsembleModel):
+            self.inspector.model.refiner = BlsRefiner(refine, int(args["model_version"]))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         parts: list[tuple[Any, torch.Tensor, list[tuple[int, int]], list[float]]] = []
@@ -146,6 +156,77 @@ class DetectorModel:
         return _pb().InferenceResponse(
             [output_tensor("RESULT", torch.from_numpy(rows)), output_tensor("HEATMAP", heatmaps)]
         )
+
+    def finalize(self) -> None:
+        pass
+
+
+class BlsRefiner:
+    """An ensemble's ``refiner`` inside Triton: the frames past the pre-screen go to the recipe's
+    ``refine`` model (the same version) in one BLS request; its error fails the batch."""
+
+    def __init__(self, model_name: str, version: int) -> None:
+        self.model_name = model_name
+        self.version = version
+        self.calls = 0
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pb = _pb()
+        request = pb.InferenceRequest(
+            model_name=self.model_name,
+            model_version=self.version,
+            requested_output_names=["IMAGE_Z", "MAP_Z"],
+            inputs=[output_tensor("PIXELS", images.float())],
+        )
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError(f"{self.model_name}: {response.error().message()}")
+        self.calls += 1
+        outputs = []
+        for name in ("IMAGE_Z", "MAP_Z"):
+            tensor = pb.get_output_tensor_by_name(response, name)
+            outputs.append(torch.from_dlpack(tensor.to_dlpack()).clone())
+        return outputs[0], outputs[1]
+
+
+class RefineModel:
+    """PIXELS (b, 3, S, S) → IMAGE_Z (b, M-1) and MAP_Z (b, M-1, S, S) float64: an ensemble's
+    members after the pre-screen (:meth:`EnsembleModel.refine`), for its detector's BLS requests."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        folder, params = model_parameters(args)
+        set_torch_threads(int(params.get("torch_threads", "1")))
+        model = Inspector.load(folder / params.get("artifact", "artifact")).model
+        if not isinstance(model, EnsembleModel):
+            raise ValueError(f"{folder}: a refine model serves an ensemble, not a {type(model).__name__}")
+        self.model = model
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses: list[Any] = [None] * len(requests)
+        parts: list[tuple[int, torch.Tensor]] = []
+        for i, request in enumerate(requests):
+            try:
+                parts.append((i, input_tensor(request, "PIXELS")))
+            except Exception as err:
+                responses[i] = error_response(err)
+        if parts:
+            try:
+                with TRACE_GUARD.shared(), torch.inference_mode():
+                    image_z, map_z = self.model.refine(torch.cat([pixels for _, pixels in parts]))
+                at = 0
+                for i, pixels in parts:
+                    n = pixels.shape[0]
+                    responses[i] = _pb().InferenceResponse(
+                        [
+                            output_tensor("IMAGE_Z", image_z[at : at + n]),
+                            output_tensor("MAP_Z", map_z[at : at + n]),
+                        ]
+                    )
+                    at += n
+            except Exception as err:  # the members failed on the batch: each request says so
+                for i, _ in parts:
+                    responses[i] = error_response(err)
+        return responses
 
     def finalize(self) -> None:
         pass

@@ -6,6 +6,12 @@ Each recipe gets three models, ``<recipe>`` being the one clients call::
     <recipe>-detector/     Python backend: pixels → predictions and heat maps (the artifact)
     <recipe>/              ensemble: preprocess → detector
 
+and an ensemble artifact (``--detector ensemble``) a fourth, called by the detector's BLS::
+
+    <recipe>-refine/       Python backend: the frames past the pre-screen → the refining members'
+                           calibrated scores and maps (its own instances and batching, so that the
+                           expensive members scale apart from the pre-screen)
+
 Each has ``config.pbtxt`` and numbered version folders (``1/``, ``2/`` …; Triton serves the
 newest); the artifact is copied into the version, so that a version is what was exported, whatever
 happens to the model folder later. Dynamic batching and instance groups are set on both Python
@@ -24,7 +30,7 @@ from pathlib import Path
 from services.vision.artifact import CARD_FILE, read_card
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
-PREPROCESS, DETECTOR = "preprocess", "detector"
+PREPROCESS, DETECTOR, REFINE = "preprocess", "detector", "refine"
 SHIM = '''"""linewatch's {member} model for Triton's Python backend (services/inference/triton_backend.py)."""
 
 from services.inference.triton_backend import {cls} as TritonPythonModel
@@ -62,13 +68,20 @@ def batching(serving: Serving) -> str:
     return f"dynamic_batching {{\n  max_queue_delay_microseconds: {serving.queue_delay_us}\n}}\n"
 
 
-def python_config(name: str, serving: Serving, count: int, inputs: str, outputs: str) -> str:
+def python_config(
+    name: str, serving: Serving, count: int, inputs: str, outputs: str, extra: dict[str, str] | None = None
+) -> str:
+    more = "".join(
+        f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n'
+        for key, value in (extra or {}).items()
+    )
     return (
         f'name: "{name}"\nbackend: "python"\nmax_batch_size: {serving.max_batch}\n'
         f"{inputs}{outputs}{batching(serving)}"
         f"instance_group [\n  {{\n    kind: KIND_CPU\n    count: {count}\n  }}\n]\n"
         f'parameters {{\n  key: "artifact"\n  value: {{ string_value: "artifact" }}\n}}\n'
         f'parameters {{\n  key: "torch_threads"\n  value: {{ string_value: "{serving.torch_threads}" }}\n}}\n'
+        + more
     )
 
 
@@ -80,8 +93,9 @@ def io(kind: str, *tensors: str) -> str:
     return f"{kind} [\n" + ",\n".join(tensors) + "\n]\n"
 
 
-def configs(recipe: str, serving: Serving) -> dict[str, str]:
-    """Model name → its config.pbtxt, for the recipe's three models."""
+def configs(recipe: str, serving: Serving, refine: bool = False) -> dict[str, str]:
+    """Model name → its config.pbtxt, for the recipe's three models (four with ``refine``: an
+    ensemble's refining members in a model of their own, called by the detector's BLS)."""
     pre, det = member(recipe, PREPROCESS), member(recipe, DETECTOR)
     image = tensor("IMAGE", "TYPE_UINT8", "-1, -1, 3")
     size = tensor("SIZE", "TYPE_INT32", "2")
@@ -107,15 +121,28 @@ def configs(recipe: str, serving: Serving) -> dict[str, str]:
         "  ]\n}\n"
         f'parameters {{\n  key: "linewatch_recipe"\n  value: {{ string_value: "{recipe}" }}\n}}\n'
     )
-    return {
+    ref = member(recipe, REFINE)
+    models = {
         pre: python_config(
             pre, serving, serving.preprocess_instances, io("input", image), io("output", pixels, took)
         ),
         det: python_config(
-            det, serving, serving.instances, io("input", pixels, size, took), io("output", result, heatmap)
+            det,
+            serving,
+            serving.instances,
+            io("input", pixels, size, took),
+            io("output", result, heatmap),
+            {"refine_model": ref} if refine else None,
         ),
         recipe: ensemble,
     }
+    if refine:
+        image_z = tensor("IMAGE_Z", "TYPE_FP64", "-1")
+        map_z = tensor("MAP_Z", "TYPE_FP64", "-1, -1, -1")
+        models[ref] = python_config(
+            ref, serving, serving.instances, io("input", pixels), io("output", image_z, map_z)
+        )
+    return models
 
 
 def versions(model_folder: Path) -> list[int]:
@@ -138,10 +165,10 @@ def export(
     :func:`read_card` raises for a folder that is not an artifact."""
     card = read_card(model_dir)  # fails early on a folder that is no model
     recipe = recipe or card.name
-    if not NAME.match(recipe) or recipe.endswith((f"-{PREPROCESS}", f"-{DETECTOR}")):
+    if not NAME.match(recipe) or recipe.endswith((f"-{PREPROCESS}", f"-{DETECTOR}", f"-{REFINE}")):
         raise ValueError(
             f"recipe {recipe!r}: letters, digits, '_', '.', '-' only (Triton model names), "
-            f"not ending in -{PREPROCESS} or -{DETECTOR}"
+            f"not ending in -{PREPROCESS}, -{DETECTOR} or -{REFINE}"
         )
     serving = serving or Serving()
     existing = versions(repo / member(recipe, DETECTOR))
@@ -150,14 +177,18 @@ def export(
         raise ValueError(f"version must be at least 1, got {version}")
     if version in existing and not overwrite:
         raise FileExistsError(f"{repo / member(recipe, DETECTOR) / str(version)} exists: give --overwrite")
-    for name, text in configs(recipe, serving).items():
+    refine = card.kind == "ensemble"
+    if not refine:  # a model that was an ensemble before: its refine model would serve stale members
+        shutil.rmtree(repo / member(recipe, REFINE) / str(version), ignore_errors=True)
+    for name, text in configs(recipe, serving, refine).items():
         folder = repo / name
         target = folder / str(version)
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
         (folder / "config.pbtxt").write_text(text)
-        if name == member(recipe, DETECTOR):
-            (target / "model.py").write_text(SHIM.format(member=DETECTOR, cls="DetectorModel"))
+        if name in (member(recipe, DETECTOR), member(recipe, REFINE)):
+            cls = "DetectorModel" if name == member(recipe, DETECTOR) else "RefineModel"
+            (target / "model.py").write_text(SHIM.format(member=name.rsplit("-", 1)[1], cls=cls))
             shutil.copytree(model_dir, target / "artifact")
         elif name == member(recipe, PREPROCESS):
             (target / "model.py").write_text(SHIM.format(member=PREPROCESS, cls="PreprocessModel"))

@@ -16,6 +16,9 @@
   that a chosen share of good frames (``pass_share``) passes. A frame that stops at the pre-screen
   keeps the first member's values (the others are taken to agree), so a line keeps the first
   member's throughput on good parts and the expensive members refine the doubtful ones.
+- **Where the refining members run:** here by default (:meth:`EnsembleModel.refine`); a runtime
+  may hand them elsewhere by setting ``refiner`` (Triton: a BLS call to the recipe's ``-refine``
+  model, which runs :meth:`~EnsembleModel.refine` on its own instances), with the same numbers.
 - The ensemble's own calibration is fitted on the fused scores of the held-out good images, with
   the cascade applied exactly as on the line. Every member must have been trained on the same data
   with the same hold-out split, so those images are unseen by all of them.
@@ -24,6 +27,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -35,6 +39,8 @@ from services.vision.calibration import Calibration
 MEMBERS_DIR = "members"
 Fusion = Literal["geometric", "mean"]
 PASS_ALL = 1000.0  # beyond the +-50 that calibrated_z clamps to
+# frames past the pre-screen → the refining members' (image z (B, M-1), map z (B, M-1, S, S))
+Refiner = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,7 @@ class EnsembleModel(nn.Module):
         # the last batch's members' calibrated image scores (B, members): z, 0 at a member's own
         # threshold; NaN where the cascade did not run the member
         self.last_member_z: torch.Tensor | None = None
+        self.refiner: Refiner | None = None  # None: :meth:`refine` here
 
     def member_output(self, index: int, images: torch.Tensor) -> MemberOutput:
         member = self.members[index]
@@ -146,6 +153,27 @@ class EnsembleModel(nn.Module):
         return MemberOutput(
             calibrated_z(image_cal, scores), calibrated_z(pixel_cal, maps), embeddings, residuals
         )
+
+    def refine(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The members after the pre-screen on ``images``: their calibrated image scores (B, M-1)
+        and maps (B, M-1, S, S), float64; NaN for a member with neither weight (not run)."""
+        p = self.params
+        n, others = images.shape[0], len(self.members) - 1
+        image_z = torch.full((n, others), float("nan"), dtype=torch.float64)
+        map_z: torch.Tensor | None = None
+        for i in range(1, len(self.members)):
+            if p.image_weights[i] == 0 and p.map_weights[i] == 0:
+                continue
+            out = self.member_output(i, images)
+            if map_z is None:
+                map_z = torch.full((n, others, *out.map_z.shape[1:]), float("nan"), dtype=torch.float64)
+            image_z[:, i - 1] = out.image_z.double()
+            map_z[:, i - 1] = out.map_z.double()
+        if map_z is None:
+            map_z = torch.full(
+                (n, others, self.image_size, self.image_size), float("nan"), dtype=torch.float64
+            )
+        return image_z, map_z
 
     def _to_raw(self, fused: torch.Tensor) -> torch.Tensor:
         """Fused values back to positive raw scores the ensemble's calibration reads."""
@@ -168,16 +196,15 @@ class EnsembleModel(nn.Module):
         member_z = torch.full((images.shape[0], len(self.members)), float("nan"), dtype=torch.float64)
         member_z[:, 0] = first.image_z.double()
         if passed.numel():
-            subset = images[passed]
+            image_z, map_z = (self.refiner or self.refine)(images[passed])
             image_sum = p.image_weights[0] * image_fused[passed]
             map_sum = p.map_weights[0] * map_fused[passed]
             for i in range(1, len(self.members)):
                 if p.image_weights[i] == 0 and p.map_weights[i] == 0:
                     continue
-                out = self.member_output(i, subset)
-                member_z[passed, i] = out.image_z.double()
-                image_sum = image_sum + p.image_weights[i] * self._unit(out.image_z)
-                map_sum = map_sum + p.map_weights[i] * self._unit(out.map_z)
+                member_z[passed, i] = image_z[:, i - 1]
+                image_sum = image_sum + p.image_weights[i] * self._unit(image_z[:, i - 1])
+                map_sum = map_sum + p.map_weights[i] * self._unit(map_z[:, i - 1])
             image_fused = image_fused.clone()
             map_fused = map_fused.clone()
             image_fused[passed] = image_sum / sum(p.image_weights)

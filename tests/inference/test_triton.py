@@ -19,7 +19,7 @@ from services.inference.urls import open_inference
 from services.ingest.synthetic import SyntheticLine
 from services.steps.detect import detect_batch
 from services.vision.inspector import Inspector
-from tests.triton_server import RECIPE
+from tests.triton_server import ENSEMBLE_RECIPE, RECIPE
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -51,11 +51,12 @@ def test_export_numbers_versions_and_refuses_to_overwrite(tmp_path: Path, model_
     assert export(model_dir, tmp_path, "cap-B") == ("cap-B", 1)
     assert export(model_dir, tmp_path, "cap-B") == ("cap-B", 2)
     assert versions(tmp_path / "cap-B-detector") == [1, 2]
+    assert not (tmp_path / "cap-B-refine").exists()  # only an ensemble has one
     assert (tmp_path / "cap-B-detector" / "2" / "artifact" / "weights.safetensors").is_file()
     with pytest.raises(FileExistsError, match="--overwrite"):
         export(model_dir, tmp_path, "cap-B", version=1)
     assert export(model_dir, tmp_path, "cap-B", version=1, overwrite=True) == ("cap-B", 1)
-    for bad in ("a b", "x-detector", "-lead"):
+    for bad in ("a b", "x-detector", "x-refine", "-lead"):
         with pytest.raises(ValueError, match="recipe"):
             export(model_dir, tmp_path, bad)
     with pytest.raises(ValueError, match="instances"):
@@ -160,3 +161,42 @@ def test_start_says_when_no_server_answers() -> None:
     port = TritonInference([RECIPE], "triton://127.0.0.1:9", start_timeout_s=1)
     with pytest.raises(InferenceUnavailable, match="not ready"):
         asyncio.run(port.start())
+
+
+def test_an_ensemble_sends_only_the_frames_past_its_pre_screen_to_its_refine_model_by_bls(
+    triton: LocalTriton, ensemble_inspector: Inspector
+) -> None:
+    """The ensemble's detector runs the pre-screen and hands the frames past it to ``-refine`` (a
+    BLS request, one per batch); the answers are those of scoring in-process (test_contract.py
+    checks every field), and the refine model saw exactly the frames that passed."""
+    import tritonclient.grpc as grpcclient
+
+    from services.vision.ensemble import EnsembleModel
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{triton.grpc_port}")
+
+    def refined() -> int:
+        stats = client.get_inference_statistics(f"{ENSEMBLE_RECIPE}-refine").model_stats[0]
+        return int(stats.inference_count)
+
+    images = frames(10)
+    local = detect_batch(ensemble_inspector, images, sizes(images))
+    model = ensemble_inspector.model
+    assert isinstance(model, EnsembleModel) and 0 < model.last_passed < len(images)  # a real cascade
+    passed = model.last_passed
+    before = refined()
+    port = TritonInference([ENSEMBLE_RECIPE], triton.grpc_url)
+
+    async def score() -> list[float]:
+        await port.start()  # its warm-up frame may pass too: counted before the batch
+        try:
+            nonlocal before
+            before = refined()
+            detected = await port.detect(ENSEMBLE_RECIPE, images, sizes(images))
+            return [p.score for p in detected.predictions]
+        finally:
+            await port.close()
+
+    scores = asyncio.run(score())
+    np.testing.assert_allclose(scores, [p.score for p in local.predictions], atol=1e-4)
+    assert refined() - before == passed
