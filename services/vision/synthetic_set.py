@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 MANIFEST = "synthetic.json"
 WRITTEN_FOLDERS = ("test/synthetic", "ground_truth/synthetic", "test/good")
+GENERATION_BATCH = 8  # diffusion-generated defects made together (one denoiser pass per step)
 
 
 @dataclass
@@ -108,39 +109,10 @@ def write_synthetic_set(
     report = SynthReport(out_category, 0, 0, skipped)
     usable = list(goods)
     bar = tqdm(total=n, desc="synthetic defects", unit="image", disable=not progress)
-    i = 0
-    while report.written < n and usable:
-        path = usable[i % len(usable)]
-        try:
-            image = load_image(path)
-        except ImageError as err:
-            skipped.append(SkippedFile(str(path), err.reason))
-            usable.remove(path)
-            continue
-        if generator is not None:
-            size = generator.size
-        if size is not None:
-            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-        index = report.written
-        item_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-        foreground = foreground_mask(image, settings.foreground)
-        if generator is not None:
-            out, mask, kind = generator.generate(image, item_seed, foreground)
-        elif settings.method == "paint":
-            rng = np.random.default_rng(item_seed)
-            donor_path = usable[(i + 1) % len(usable)]
-            donor: npt.NDArray[np.uint8]
-            try:
-                donor = cv2.resize(
-                    load_image(donor_path), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_AREA
-                ).astype(np.uint8)
-            except ImageError:
-                donor = np.roll(image, (image.shape[0] // 3, image.shape[1] // 3), axis=(0, 1))
-            painted = paint_defect(image, donor, rng, foreground=foreground, kinds=settings.paint_kinds)
-            out, mask, kind = painted.image, painted.mask, painted.kind
-        else:
-            out, mask, kind = synthesise(image, item_seed, settings, textures, foreground)
-        name = f"{index:03d}"
+    pending: list[tuple[Path, npt.NDArray[np.uint8], int, npt.NDArray[np.bool_]]] = []  # to generate
+
+    def write(path: Path, out: npt.NDArray[np.uint8], mask: npt.NDArray[np.bool_], kind: str) -> None:
+        name = f"{report.written:03d}"
         _write_png(image_dir / f"{name}.png", out)
         cv2.imwrite(str(mask_dir / f"{name}_mask.png"), mask.astype(np.uint8) * 255)
         report.images.append(
@@ -153,7 +125,55 @@ def write_synthetic_set(
         )
         report.written += 1
         bar.update()
+
+    def flush() -> None:
+        assert generator is not None
+        made = generator.generate_batch(
+            [q[1] for q in pending], [q[2] for q in pending], [q[3] for q in pending]
+        )
+        for (path, _, _, _), (out, mask, kind) in zip(pending, made, strict=True):
+            write(path, out, mask, kind)
+        pending.clear()
+
+    i = 0
+    while report.written + len(pending) < n and usable:
+        path = usable[i % len(usable)]
+        try:
+            image = load_image(path)
+        except ImageError as err:
+            skipped.append(SkippedFile(str(path), err.reason))
+            usable.remove(path)
+            continue
+        if generator is not None:
+            size = generator.size
+        if size is not None:
+            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        index = report.written + len(pending)
+        item_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+        foreground = foreground_mask(image, settings.foreground)
         i += 1
+        if generator is not None:  # generated a batch at a time
+            pending.append((path, image, item_seed, foreground))
+            if len(pending) == GENERATION_BATCH:
+                flush()
+            continue
+        if settings.method == "paint":
+            rng = np.random.default_rng(item_seed)
+            donor_path = usable[i % len(usable)]
+            donor: npt.NDArray[np.uint8]
+            try:
+                donor = cv2.resize(
+                    load_image(donor_path), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_AREA
+                ).astype(np.uint8)
+            except ImageError:
+                donor = np.roll(image, (image.shape[0] // 3, image.shape[1] // 3), axis=(0, 1))
+            painted = paint_defect(image, donor, rng, foreground=foreground, kinds=settings.paint_kinds)
+            out, mask, kind = painted.image, painted.mask, painted.kind
+        else:
+            out, mask, kind = synthesise(image, item_seed, settings, textures, foreground)
+        write(path, out, mask, kind)
+    if pending:
+        flush()
     bar.close()
     if report.written < n:
         raise DatasetError(f"no good image in {source} could be read")

@@ -394,6 +394,12 @@ def test_generated_defects_change_only_the_pixels_of_their_exact_mask_on_the_par
         assert np.array_equal(again, out) and np.array_equal(again_mask, mask)  # deterministic per seed
     tri = trimap(mask, foreground)
     assert set(np.unique(tri)) <= {0.0, 0.5, 1.0} and bool((tri[mask] == 1).all())
+    images = [np.ascontiguousarray(goods[10 + i].permute(1, 2, 0).numpy()) for i in range(3)]
+    alone = [generator.generate(im, i, foreground_mask(im, "auto")) for i, im in enumerate(images)]
+    together = generator.generate_batch(images, [0, 1, 2], [foreground_mask(im, "auto") for im in images])
+    for (a, a_mask, a_kind), (b, b_mask, b_kind) in zip(alone, together, strict=True):
+        assert np.array_equal(a_mask, b_mask) and a_kind == b_kind and np.array_equal(a[~a_mask], b[~b_mask])
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 2  # a batch makes the same defect
 
 
 def test_seed_defects_are_real_test_defects_and_at_most_ten(bottle_root: Path) -> None:

@@ -162,10 +162,16 @@ class DefectGenerator:
     ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_], str]:
         """(image with a defect, its exact mask, "diffusion:<seed defect>") for a good ``image`` at the
         model's size; pixels outside the mask are ``image``'s own."""
+        return self.generate_batch([image], [seed], [foreground])[0]
+
+    def _place(
+        self, image: npt.NDArray[np.uint8], seed: int, foreground: npt.NDArray[np.bool_]
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint8], DefectSeed]:
         if image.shape[:2] != (self.size, self.size):
             raise SynthesisError(f"the image is {image.shape[1]}x{image.shape[0]}, the model {self.size} px")
         rng = np.random.default_rng(seed)
         placed = None
+        chosen = self.seeds[0]
         for _ in range(len(self.seeds)):
             chosen = self.seeds[int(rng.integers(0, len(self.seeds)))]
             placed = place(chosen, foreground, rng, self.params)
@@ -176,36 +182,67 @@ class DefectGenerator:
             placed = place(chosen, np.ones_like(foreground), rng, self.params)
             if placed is None:
                 raise SynthesisError(f"no seed defect fits a {self.size} px image")
-        mask, pasted = placed
+        return placed[0], placed[1], chosen
+
+    def generate_batch(
+        self,
+        images: list[npt.NDArray[np.uint8]],
+        seeds: list[int],
+        foregrounds: list[npt.NDArray[np.bool_]],
+    ) -> list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_], str]]:
+        """:meth:`generate` for several good images at once (one denoiser pass per DDIM step for
+        the whole batch; each image keeps its own seed's placement and noise)."""
+        placed = [self._place(i, s, f) for i, s, f in zip(images, seeds, foregrounds, strict=True)]
         p = self.params
         model = self.model
+
+        def tensor(array: npt.NDArray[np.uint8]) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float() / 255
+
         with torch.inference_mode():
-            good = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()[None] / 255
-            composite = torch.from_numpy(np.where(mask[..., None], pasted, image).transpose(2, 0, 1).copy())
-            composite = composite.float()[None] / 255
+            good = torch.stack([tensor(i) for i in images])
+            composite = torch.stack(
+                [
+                    tensor(np.where(m[..., None], pasted, i))
+                    for i, (m, pasted, _) in zip(images, placed, strict=True)
+                ]
+            )
             known, start_latent = model.to_latent(good), model.to_latent(composite)
             side = known.shape[-1]
-            part = _to_latent_mask(trimap(mask, foreground) > 0, side)
-            grown = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
-            region = _to_latent_mask(grown, side)
+            parts, regions = [], []
+            for (mask, _, _), foreground in zip(placed, foregrounds, strict=True):
+                parts.append(_to_latent_mask(trimap(mask, foreground) > 0, side))
+                grown = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+                regions.append(_to_latent_mask(grown, side))
+            part, region = torch.cat(parts), torch.cat(regions)
             if p.dilation > 0:
                 region = F.max_pool2d(region, 2 * p.dilation + 1, stride=1, padding=p.dilation)
-            generator = torch.Generator().manual_seed(seed)
-            noise = torch.randn(known.shape, generator=generator)
+            noise = torch.cat(
+                [
+                    torch.randn(known.shape[1:], generator=torch.Generator().manual_seed(s))[None]
+                    for s in seeds
+                ]
+            )
             alphas = model.alphas
-            x = add_noise(start_latent, noise, torch.tensor([p.start]), alphas)
+            count = len(images)
+            x = add_noise(start_latent, noise, torch.full((count,), p.start), alphas)
             schedule = torch.linspace(p.start, 0, p.ddim_steps + 1).round().long().tolist()
             free = math.ceil(p.free_share * p.ddim_steps)
             for i, t in enumerate(schedule[:-1]):
                 t_prev = int(schedule[i + 1]) if schedule[i + 1] > 0 else -1
                 x, _ = ddim_step(x, model._eps(x, t), t, t_prev, alphas)
-                background = add_noise(known, noise, torch.tensor([t_prev]), alphas) if t_prev >= 0 else known
+                background = (
+                    add_noise(known, noise, torch.full((count,), t_prev), alphas) if t_prev >= 0 else known
+                )
                 keep = part if i < free else region  # phase 1: the whole part; phase 2: around the mask
                 x = keep * x + (1 - keep) * background
-            decoded = model.from_latent(x)[0].clamp(0, 1)
-        generated = (decoded.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        out = np.where(mask[..., None], generated, image)  # phase 3: pixels outside the mask are the good's
-        return out, mask, f"diffusion:{chosen.name}"
+            decoded = model.from_latent(x).clamp(0, 1)
+        results = []
+        for k, (mask, _, chosen) in enumerate(placed):
+            generated = (decoded[k].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            out = np.where(mask[..., None], generated, images[k])  # phase 3: outside the mask, the good's
+            results.append((out, mask, f"diffusion:{chosen.name}"))
+        return results
 
 
 def fit_defect_adapter(
