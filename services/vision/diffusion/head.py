@@ -94,7 +94,7 @@ def fit_head(
     p = model.params
     seed = p.seed + 31
     images, masks = _draw(goods, foregrounds, synthesiser, p.head_images, seed)
-    val_count = max(2, 2 * held_out.shape[0])
+    val_count = max(2, min(2 * held_out.shape[0], p.head_images // 2))  # each held-out good twice, capped
     val_images, val_masks = _draw(held_out, held_foregrounds, synthesiser, val_count, seed + 1)
     began = time.perf_counter()
     inputs, _ = _inputs(model, images, "head: reconstructing", progress)
