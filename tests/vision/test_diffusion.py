@@ -340,13 +340,15 @@ def test_linewatch_trains_an_adapter_from_a_base_model_folder(
     """``train --detector diffusion --base MODEL``: the whole path through train() and the CLI, at a
     tiny budget (the adapter's accuracy is not what is tested here)."""
     tiny = DiffusionParams(
-        space="pixel", pixel_size=32, channels=(32, 64), steps=20, batch_size=4, eval_every=10
-    )
+        space="pixel", pixel_size=32, channels=(32, 64), steps=20, batch_size=4, eval_every=10,
+        head_steps=20, head_images=16, head_channels=8,
+    )  # fmt: skip
     base_config = TrainConfig(
         synthetic_data, "synthetic", tmp_path / "base", detector="diffusion", weights=mobilenet_weights,
         activation="relu", image_size=SIZE, diffusion=tiny, device="cpu", progress=False,
     )  # fmt: skip
-    train(base_config)
+    base = train(base_config)
+    assert base.training.diffusion is not None and base.training.diffusion["head"]["steps"] == 20
     adapter = train(replace(base_config, out_dir=tmp_path / "adapter", base=tmp_path / "base", lora_rank=2,
                             weights=None, diffusion=replace(tiny, steps=10)))  # fmt: skip
     lora = adapter.params["lora"]
@@ -354,6 +356,8 @@ def test_linewatch_trains_an_adapter_from_a_base_model_folder(
     assert lora["base_version"] == read_card(tmp_path / "base").version
     assert adapter.training.diffusion is not None and adapter.training.diffusion["steps"] == 10
     assert any(k.startswith("lora.") for k in adapter.tensors)
+    loaded, _ = load_artifact(tmp_path / "adapter")  # the base's segmentation head comes along
+    assert isinstance(loaded, DiffusionModel) and loaded.segmenter is not None
     with pytest.raises(ValueError, match="is an adapter itself"):
         train(replace(base_config, out_dir=tmp_path / "again", base=tmp_path / "adapter"))
     with pytest.raises(ValueError, match="is a patchcore model"):
